@@ -1,0 +1,69 @@
+"""tilechord: edit images in parallel on a Celery cluster, seam-free.
+
+>>> import tilechord
+>>> data = tilechord.process("photo.jpg", ["grayscale", "gaussian_blur:radius=4"], grid=(2, 1))
+
+``celery -A tilechord worker`` runs a worker; ``tilechord --help`` the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import filters as _filters  # noqa: F401  (registers the built-in operations)
+from .api import Client, Job, process, process_image, submit
+from .config import Settings
+from .errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ImageTooLarge,
+    InvalidGrid,
+    InvalidImage,
+    InvalidParameter,
+    JobFailed,
+    JobTimeout,
+    TilechordError,
+    UnknownOperation,
+    UnsupportedFormat,
+    UnsupportedMode,
+)
+from .operations import Kind, Pipeline, operation, parse_pipeline, registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "process",
+    "process_image",
+    "submit",
+    "Client",
+    "Job",
+    "Settings",
+    "operation",
+    "registry",
+    "Kind",
+    "Pipeline",
+    "parse_pipeline",
+    "TilechordError",
+    "ConfigurationError",
+    "BrokerUnavailable",
+    "InvalidImage",
+    "ImageTooLarge",
+    "UnsupportedFormat",
+    "UnknownOperation",
+    "InvalidParameter",
+    "UnsupportedMode",
+    "InvalidGrid",
+    "JobFailed",
+    "JobTimeout",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A tilechord worker` looks up `tilechord.app`; build it only when asked,
+    # so importing tilechord reads no environment and connects to nothing.
+    if name in ("app", "celery"):
+        from .celery_app import default_app
+
+        return default_app()
+    raise AttributeError(f"module 'tilechord' has no attribute {name!r}")

@@ -1,0 +1,371 @@
+"""The public API: :func:`process`, :func:`process_image`, :func:`submit` and :class:`Job`.
+
+Everything a job can get wrong is checked here, before anything is enqueued: the
+source (readable, within limits), the pipeline (known operations, valid parameters, a
+mode each step accepts), the grid and the output format.  Then the source goes to Redis
+and the canvas to the workers.  With no Redis configured, a local cluster (embedded
+Redis plus a worker pool) is started on first use and stopped at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any, Literal, TypeAlias
+
+from celery.result import AsyncResult
+from PIL import Image
+
+from . import codec
+from .celery_app import TilechordCelery, create_app, load_plugins
+from .config import Settings, redact_url
+from .errors import (
+    BrokerUnavailable,
+    ImageTooLarge,
+    InvalidGrid,
+    InvalidImage,
+    JobTimeout,
+    TilechordError,
+    error_from_name,
+)
+from .geometry import Grid, auto_grid, parse_grid
+from .keys import JobKeys, new_job_id
+from .operations import OpSpec, Pipeline, parse_pipeline
+from .tasks import JobSpec, split_signature
+
+__all__ = ["Client", "Job", "process", "process_image", "submit", "Source", "GridSpec"]
+
+Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
+GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
+
+DEFAULT_GRID = (2, 1)
+_POLL = 0.5  # seconds between checks of Celery's own state while waiting
+
+
+def _read_source(source: Source, max_bytes: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageTooLarge(
+                    f"{path} is {size:,} bytes, over the limit of {max_bytes:,} (TILECHORD_MAX_BYTES)"
+                )
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidImage(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise InvalidImage(f"{path} is a directory, not an image file") from None
+        except PermissionError:
+            raise InvalidImage(f"cannot read {path}: permission denied") from None
+    elif hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidImage("the file object must be opened in binary mode ('rb')")
+        data = bytes(data)
+    else:
+        raise InvalidImage(
+            f"a source is a path, bytes or a binary file object, not {type(source).__name__}"
+        )
+    if len(data) > max_bytes:
+        raise ImageTooLarge(
+            f"the input is over the limit of {max_bytes:,} bytes (TILECHORD_MAX_BYTES)"
+        )
+    return data
+
+
+class Job:
+    """A submitted job.  :meth:`get` waits for it, returns the result and frees its data."""
+
+    def __init__(
+        self, client: Client, keys: JobKeys, tiles: int, fmt: str | None, timeout: float
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self.tiles = tiles
+        self.format = fmt
+        self.timeout = timeout
+        self._result: bytes | None = None
+        self._error: TilechordError | None = None
+
+    def __repr__(self) -> str:
+        return f"<tilechord.Job {self.id} {self.status}>"
+
+    @property
+    def id(self) -> str:
+        return self._keys.job_id
+
+    @property
+    def status(self) -> str:
+        """Celery's state of the job: PENDING, STARTED, SUCCESS, FAILURE ..."""
+        if self._result is not None:
+            return "SUCCESS"
+        if self._error is not None:
+            return "FAILURE"
+        return str(self._async_result().state)
+
+    def _async_result(self) -> AsyncResult:
+        return AsyncResult(self.id, app=self._client.app)
+
+    def progress(self) -> tuple[int, int]:
+        """``(tiles edited, tiles in all)``."""
+        if self._result is not None:
+            return (self.tiles, self.tiles)
+        return (min(self.tiles, self._client.store.tiles_done(self._keys)), self.tiles)
+
+    def get(self, timeout: float | None = None) -> bytes:
+        """Wait for the result (``timeout`` seconds, default the job's), then clean up.
+
+        Raises the job's typed error (:class:`InvalidImage`, :class:`JobFailed` ...), or
+        :class:`JobTimeout`; the job's data is deleted from Redis in every case.
+        """
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        store = self._client.store
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timeout(limit)
+                message = store.wait(self._keys, min(_POLL, remaining))
+                if message is not None:
+                    break
+                state = self._async_result().state
+                if state == "FAILURE":
+                    message = self._failure_message()
+                    break
+            if not message.get("ok"):
+                raise error_from_name(message.get("error", "JobFailed"), message.get("message", ""))
+            self._result = store.get(self._keys, self._keys.result)
+            return self._result
+        except TilechordError as exc:
+            self._error = exc
+            raise
+        finally:
+            self._cleanup()
+
+    def _failure_message(self) -> dict[str, Any]:
+        # A failure the tasks could not report themselves (a task killed too often, a
+        # message that could not be decoded): fall back to Celery's own record.
+        message = self._client.store.wait(self._keys, 0.01)
+        if message is not None:
+            return message
+        result = self._async_result().result
+        return {"ok": False, "error": "JobFailed", "message": f"job {self.id} failed: {result!r}"}
+
+    def _timeout(self, limit: float) -> JobTimeout:
+        state = self._async_result().state
+        hint = ""
+        if state == "PENDING":
+            hint = (
+                "; no worker has started it: is one running against "
+                f"{redact_url(self._client.settings.redis_url)}? (celery -A tilechord worker)"
+            )
+        done, total = self.progress()
+        return JobTimeout(
+            f"job {self.id} did not finish within {limit:g} s ({done}/{total} tiles edited){hint}"
+        )
+
+    def _cleanup(self) -> None:
+        try:
+            self._client.store.cleanup(self._keys)
+        except BrokerUnavailable:
+            pass  # keys carry a TTL; they expire on their own
+
+    def cancel(self) -> None:
+        """Stop waiting, revoke the job and delete its data."""
+        self._async_result().revoke()
+        self._error = JobTimeout(f"job {self.id} was cancelled")
+        self._cleanup()
+
+
+class Client:
+    """Submits jobs with one set of :class:`Settings`.
+
+    The module-level functions use a shared client configured from the environment; make
+    your own to point at another Redis or change limits without touching the environment.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._requested = Settings.from_env() if settings is None else settings
+        load_plugins(self._requested.plugins)
+        self._lock = threading.Lock()
+        self._app: TilechordCelery | None = None
+
+    def _connect(self) -> TilechordCelery:
+        with self._lock:
+            if self._app is None:
+                settings = self._requested
+                if settings.redis_url is None:
+                    from .cluster import shared_cluster
+
+                    settings = shared_cluster(settings).settings
+                app = create_app(settings)
+                app.store.ping()
+                self._app = app
+            return self._app
+
+    @property
+    def app(self) -> TilechordCelery:
+        return self._connect()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (with the embedded Redis's URL once one is started)."""
+        return self.app.tilechord_settings
+
+    @property
+    def store(self) -> Any:
+        return self.app.store
+
+    def plan(
+        self, data: bytes, ops: Iterable[OpSpec] | OpSpec | Pipeline | None, grid: GridSpec, format: str | None
+    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
+        """Validate a job completely without enqueuing anything."""
+        settings = self._requested
+        pipeline = parse_pipeline(ops)
+        info = codec.inspect_source(data, settings.max_pixels)
+        out_mode = pipeline.check_mode(info.mode)
+        fmt = format if format is not None else info.format
+        if fmt is not None:
+            fmt = codec.check_format(fmt, out_mode)
+        if isinstance(grid, str) and grid.strip().lower() == "auto":
+            chosen = auto_grid(info.size[0], info.size[1], max(1, settings.workers))
+        else:
+            chosen = parse_grid(grid, max_side=settings.max_side)
+        used = chosen.clip(*info.size)
+        if used.cols * used.rows > settings.max_tiles:
+            raise InvalidGrid(
+                f"grid {chosen} makes {used.cols * used.rows} tiles, over the limit of "
+                f"{settings.max_tiles} (TILECHORD_MAX_TILES)"
+            )
+        return pipeline, used, info, fmt
+
+    def submit(
+        self,
+        source: Source,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        format: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Check the job, store the source in Redis and start the canvas; returns at once."""
+        data = _read_source(source, self._requested.max_bytes)
+        return self._submit(data, ops, grid, format, timeout)
+
+    def _submit(
+        self,
+        data: bytes,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None,
+        grid: GridSpec,
+        format: str | None,
+        timeout: float | None,
+    ) -> Job:
+        pipeline, used, info, fmt = self.plan(data, ops, grid, format)
+        app = self.app
+        keys = JobKeys(new_job_id())
+        spec: JobSpec = {"job": keys.job_id, "ops": pipeline.to_json(), "grid": [used.cols, used.rows], "format": fmt}
+        describe = f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, grid {used}, [{pipeline}]"
+        app.store.open_job(keys)
+        try:
+            app.store.put(keys, keys.source, data)
+            split_signature(app, spec, describe).apply_async()
+        except BaseException:
+            app.store.cleanup(keys)
+            raise
+        limit = self._requested.job_timeout if timeout is None else timeout
+        return Job(self, keys, used.cols * used.rows, fmt, limit)
+
+    def process(
+        self,
+        source: Source,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        format: str | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Run a job and return the encoded result (in the input's format by default)."""
+        return self.submit(source, ops, grid=grid, format=format, timeout=timeout).get()
+
+    def process_image(
+        self,
+        image: Image.Image,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        timeout: float | None = None,
+    ) -> Image.Image:
+        """Run a job on an in-memory image; pixels travel raw both ways, never encoded."""
+        if not isinstance(image, Image.Image):
+            raise InvalidImage(f"process_image takes a PIL.Image.Image, not {type(image).__name__}")
+        image.load()
+        job = self._submit(codec.pack_raw(image), ops, grid, None, timeout)
+        result, _ = codec.unpack_raw(job.get())
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._app is not None:
+                self._app.close()
+                self._app = None
+
+
+_default_client: Client | None = None
+_default_lock = threading.Lock()
+
+
+def _client() -> Client:
+    global _default_client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = Client()
+        return _default_client
+
+
+def submit(
+    source: Source,
+    ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+    *,
+    grid: GridSpec = DEFAULT_GRID,
+    format: str | None = None,
+    timeout: float | None = None,
+) -> Job:
+    """Start a job and return its :class:`Job` at once.  See :meth:`Client.submit`."""
+    return _client().submit(source, ops, grid=grid, format=format, timeout=timeout)
+
+
+def process(
+    source: Source,
+    ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+    *,
+    grid: GridSpec = DEFAULT_GRID,
+    format: str | None = None,
+    timeout: float | None = None,
+) -> bytes:
+    """Edit an image file (path, bytes or binary file) on the cluster; returns its bytes.
+
+    >>> data = tilechord.process("photo.jpg", ["grayscale", "gaussian_blur:radius=4"], grid=(2, 1))
+    """
+    return _client().process(source, ops, grid=grid, format=format, timeout=timeout)
+
+
+def process_image(
+    image: Image.Image,
+    ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+    *,
+    grid: GridSpec = DEFAULT_GRID,
+    timeout: float | None = None,
+) -> Image.Image:
+    """Edit an in-memory PIL image on the cluster; returns a new PIL image."""
+    return _client().process_image(image, ops, grid=grid, timeout=timeout)

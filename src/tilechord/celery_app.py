@@ -1,0 +1,63 @@
+"""The Celery app: built from :class:`~tilechord.config.Settings`, never from globals.
+
+``celery -A tilechord worker`` finds the app through ``tilechord.app``, which is
+:func:`default_app` (settings read once from the environment).  Clients with other
+settings (the embedded cluster, tests) build their own with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+from celery import Celery
+
+from .config import Settings, celery_config
+from .errors import ConfigurationError
+from .store import BlobStore
+
+__all__ = ["TilechordCelery", "create_app", "default_app", "load_plugins"]
+
+
+class TilechordCelery(Celery):  # type: ignore[misc]
+    """A Celery app that also carries tilechord's settings and blob store."""
+
+    tilechord_settings: Settings
+    store: BlobStore
+
+
+def load_plugins(names: tuple[str, ...]) -> None:
+    """Import ``TILECHORD_PLUGINS`` modules so their operations register (once each)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"cannot import plugin module {name!r} named in TILECHORD_PLUGINS: {exc}"
+            ) from exc
+
+
+def create_app(settings: Settings) -> TilechordCelery:
+    from .tasks import register_tasks
+
+    load_plugins(settings.plugins)
+    app = TilechordCelery("tilechord", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.tilechord_settings = settings
+    assert settings.redis_url is not None  # celery_config has checked
+    app.store = BlobStore(settings.redis_url, settings.key_ttl)
+    register_tasks(app)
+    return app
+
+
+_default: TilechordCelery | None = None
+_lock = threading.Lock()
+
+
+def default_app() -> TilechordCelery:
+    """The app for ``celery -A tilechord``, configured from ``TILECHORD_*`` variables."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = create_app(Settings.from_env())
+        return _default

@@ -1,0 +1,208 @@
+"""The command line: ``tilechord run``, ``tilechord ops``.
+
+Errors are one line on stderr and a non-zero exit status (1 for a failed job, 2 for a
+usage error, 130 after Ctrl-C).  Outputs are written to a temporary file beside the
+target and renamed into place, so a failed or interrupted run never leaves a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import __version__, codec
+from .api import Client
+from .config import Settings
+from .errors import ConfigurationError, InvalidImage, TilechordError, UnsupportedFormat
+from .operations import Kind, registry
+
+__all__ = ["main", "cli", "write_atomic"]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write *data* to *path* through a temporary file and a rename."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise InvalidImage(f"output directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _client(redis_url: str | None, workers: int | None, timeout: float | None) -> Iterator[Client]:
+    """A client on the configured Redis, or on a local cluster started for this command."""
+    settings = Settings.from_env()
+    if timeout is not None:
+        settings = _replace(settings, job_timeout=timeout)
+    if redis_url:
+        settings = settings.with_redis(redis_url)
+    if settings.redis_url is not None:
+        client = Client(settings)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    from .cluster import LocalCluster
+
+    with LocalCluster(settings, workers=workers) as cluster:
+        client = Client(cluster.settings)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"tilechord: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turn tilechord's errors and Ctrl-C into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except TilechordError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("tilechord: interrupted", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+        return None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tilechord")
+def cli() -> None:
+    """Edit images in parallel on a Celery cluster over Redis, seam-free.
+
+    With TILECHORD_REDIS_URL (or --redis) set, jobs go to the workers on that Redis
+    (start them with `celery -A tilechord worker`).  Without it, each command starts an
+    embedded Redis and a local worker pool, and stops them when it ends.
+    """
+
+
+@cli.command()
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the result; its extension picks the format (.png, .jpg, .webp ...).",
+)
+@click.option(
+    "--op",
+    "ops",
+    multiple=True,
+    metavar="SPEC",
+    help="An operation, applied in the order given: NAME or NAME:key=value,... "
+    "(e.g. --op grayscale --op gaussian_blur:radius=4).  None at all copies the pixels.",
+)
+@click.option(
+    "--grid",
+    default="2x1",
+    show_default=True,
+    metavar="COLSxROWS",
+    help="How to cut the image into tiles, one edit task each; 'auto' picks one from the "
+    "image size and the number of workers.",
+)
+@click.option("--format", "fmt", default=None, help="Output format, overriding the extension (PNG, JPEG ...).")
+@click.option("--redis", "redis_url", default=None, metavar="URL", help="Redis to use [env: TILECHORD_REDIS_URL].")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the local cluster (when no Redis is given) [default: one per core].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for the job before giving up [env: TILECHORD_JOB_TIMEOUT, default 600].",
+)
+def run(
+    input: Path,
+    output: Path,
+    ops: tuple[str, ...],
+    grid: str,
+    fmt: str | None,
+    redis_url: str | None,
+    workers: int | None,
+    timeout: float | None,
+) -> None:
+    """Edit INPUT and write the result to OUTPUT.
+
+    \b
+    Example:
+      tilechord run photo.jpg -o out.png --op grayscale --op gaussian_blur:radius=4 --grid 2x1
+    """
+    if not output.parent.is_dir():
+        raise InvalidImage(f"output directory {output.parent} does not exist")
+    out_format = fmt or codec.format_for_path(str(output))
+    if input.resolve() == output.resolve():
+        raise UnsupportedFormat(f"refusing to overwrite the input {input}; choose another output path")
+    with _client(redis_url, workers, timeout) as client:
+        data = client.process(input, list(ops), grid=grid, format=out_format)
+    write_atomic(output, data)
+
+
+@cli.command("ops")
+def list_ops() -> None:
+    """List every operation with its parameters, kind and reach (halo)."""
+    try:
+        from . import filters  # noqa: F401
+        from .celery_app import load_plugins
+
+        load_plugins(Settings.from_env().plugins)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    rows = []
+    for op in registry:
+        step = op.bind({}) if all(not p.required for p in op.params) else None
+        if op.kind is Kind.NEIGHBOURHOOD:
+            reach = f"{step.reach} px" if step is not None else "varies"
+            if step is not None and op.params:
+                reach += " (default)"
+        else:
+            reach = "0"
+        rows.append((op.name, op.describe() or "-", op.kind.value, reach, op.doc))
+    headers = ("operation", "parameters", "kind", "reach", "")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip())
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=False)]
+        click.echo("  ".join([*cells, row[4]]).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="tilechord")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

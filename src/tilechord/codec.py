@@ -1,0 +1,248 @@
+"""The image codec: files in and out, and the raw form tiles travel in.
+
+Between tasks an image travels *raw*: a short json header (mode, size, palette) and
+Pillow's own pixel bytes.  Nothing is re-encoded on the way, so nothing is lost, and a
+tile costs one ``tobytes`` and one ``frombytes``.  Only the source (as the user gave it)
+and the result (in the format asked for) are encoded files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import warnings
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, JpegImagePlugin
+
+from .errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+
+__all__ = [
+    "RAW_MAGIC",
+    "SourceInfo",
+    "pack_raw",
+    "unpack_raw",
+    "is_raw",
+    "inspect_source",
+    "decode",
+    "encode",
+    "format_for_path",
+    "check_format",
+]
+
+RAW_MAGIC = b"TCRAW1\n"
+_LEN = struct.Struct(">I")
+
+# What Pillow raises on a damaged or hostile file, depending on the plugin.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+    MemoryError,
+)
+
+
+def is_raw(data: bytes | memoryview) -> bool:
+    return bytes(data[: len(RAW_MAGIC)]) == RAW_MAGIC
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _from_json_safe(value: Any) -> Any:
+    if isinstance(value, dict) and "b64" in value:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def pack_raw(image: Image.Image, extra: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise an image losslessly: mode, size, palette, transparency and pixels."""
+    header: dict[str, Any] = {"mode": image.mode, "size": list(image.size)}
+    if image.mode in ("P", "PA") and image.palette is not None:
+        pmode = image.palette.mode
+        header["palette"] = [pmode, base64.b64encode(bytes(image.getpalette(pmode) or [])).decode("ascii")]
+    if "transparency" in image.info:
+        header["transparency"] = _json_safe(image.info["transparency"])
+    if extra:
+        header["extra"] = dict(extra)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((RAW_MAGIC, _LEN.pack(len(head)), head, image.tobytes()))
+
+
+def unpack_raw(data: bytes) -> tuple[Image.Image, dict[str, Any]]:
+    """The inverse of :func:`pack_raw`; returns the image and the ``extra`` mapping."""
+    if not is_raw(data):
+        raise InvalidImage("not a tilechord raw image")
+    offset = len(RAW_MAGIC)
+    (hlen,) = _LEN.unpack_from(data, offset)
+    offset += _LEN.size
+    header = json.loads(bytes(data[offset : offset + hlen]))
+    offset += hlen
+    mode, size = header["mode"], tuple(header["size"])
+    image = Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)
+    # frombuffer shares memory read-only for some modes; a private copy keeps ops safe.
+    image = image.copy()
+    if "palette" in header:
+        pmode, pal = header["palette"]
+        image.putpalette(base64.b64decode(pal), pmode)
+    if "transparency" in header:
+        image.info["transparency"] = _from_json_safe(header["transparency"])
+    return image, dict(header.get("extra") or {})
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the client learns from a source's header, before anything is enqueued."""
+
+    format: str | None  # None for a raw (in-memory) image
+    mode: str
+    size: tuple[int, int]
+    frames: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"image is {size[0]}x{size[1]} = {pixels:,} pixels, over the limit of "
+            f"{max_pixels:,} (raise TILECHORD_MAX_PIXELS to allow it)"
+        )
+    if size[0] < 1 or size[1] < 1:
+        raise InvalidImage(f"image has no pixels ({size[0]}x{size[1]})")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidImage("the input is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise InvalidImage(
+            "the input is not an image in a format Pillow can read "
+            f"(starts with {bytes(data[:8])!r}, {len(data):,} bytes)"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"cannot read the image header: {exc}") from None
+    _check_pixels(image.size, max_pixels)
+    return image
+
+
+def inspect_source(data: bytes, max_pixels: int) -> SourceInfo:
+    """Read just the header: cheap, and enough to plan and validate a job."""
+    if is_raw(data):
+        image, _ = unpack_raw(data)
+        _check_pixels(image.size, max_pixels)
+        return SourceInfo(None, image.mode, image.size)
+    image = _open(data, max_pixels)
+    return SourceInfo(image.format, image.mode, image.size, getattr(image, "n_frames", 1))
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode a source fully, turning every Pillow failure into :class:`InvalidImage`."""
+    if is_raw(data):
+        return unpack_raw(data)[0]
+    image = _open(data, max_pixels)
+    fmt = image.format
+    try:
+        image.load()
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"the {fmt} image is damaged or truncated: {exc}") from None
+    return image
+
+
+def format_for_path(path: str) -> str:
+    """The Pillow format name for an output path's extension."""
+    Image.init()
+    ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        raise UnsupportedFormat(
+            f"cannot tell an image format from {path!r}; use an extension such as "
+            ".png, .jpg, .webp, .tif, .bmp or .gif"
+        )
+    return fmt
+
+
+def check_format(fmt: str, mode: str) -> str:
+    """Normalise *fmt* and prove, on a tiny image, that it can hold *mode*."""
+    Image.init()
+    name = fmt.upper()
+    if name == "JPG":
+        name = "JPEG"
+    if name == "TIF":
+        name = "TIFF"
+    if name not in Image.SAVE:
+        known = ", ".join(sorted(Image.SAVE))
+        raise UnsupportedFormat(f"unknown output format {fmt!r}; Pillow can write {known}")
+    probe = Image.new(mode, (2, 2))
+    try:
+        probe.save(io.BytesIO(), name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedFormat(
+            f"{name} cannot hold a mode {mode} image ({exc}); pick another format "
+            "(PNG and TIFF hold most modes) or add a 'convert:mode=RGB' step"
+        ) from None
+    return name
+
+
+def _save_options(source: Image.Image | None, image: Image.Image, fmt: str) -> dict[str, Any]:
+    """Carry what the source file said about itself into the output file."""
+    options: dict[str, Any] = {}
+    if source is None:
+        return options
+    info = source.info
+    if info.get("icc_profile"):
+        options["icc_profile"] = info["icc_profile"]
+    if info.get("exif"):
+        options["exif"] = info["exif"]
+    if "dpi" in info:
+        options["dpi"] = info["dpi"]
+    if fmt == "JPEG":
+        if source.format == "JPEG" and image.mode == source.mode:
+            options["qtables"] = source.quantization  # type: ignore[attr-defined]
+            sampling = JpegImagePlugin.get_sampling(source)
+            if sampling != -1:
+                options["subsampling"] = sampling
+        else:
+            options["quality"] = 95
+    if "transparency" in image.info and fmt in ("PNG", "GIF"):
+        options["transparency"] = image.info["transparency"]
+    return options
+
+
+def encode(image: Image.Image, fmt: str | None, source: Image.Image | None = None) -> bytes:
+    """Encode the result; ``fmt=None`` keeps it raw (for :func:`tilechord.process_image`)."""
+    if fmt is None:
+        return pack_raw(image)
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, fmt, **_save_options(source, image, fmt))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedFormat(f"cannot write a mode {image.mode} image as {fmt}: {exc}") from None
+    return buffer.getvalue()

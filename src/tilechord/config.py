@@ -1,0 +1,195 @@
+"""Settings: one frozen dataclass, read once from ``TILECHORD_*`` variables.
+
+Everything else receives a :class:`Settings` and derives what it needs from it; Celery's
+own configuration is derived in exactly one place, :func:`celery_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+__all__ = ["Settings", "celery_config", "redact_url"]
+
+#: The queue every tilechord task goes to, so a shared Redis can serve other apps too.
+QUEUE = "tilechord"
+
+
+def redact_url(url: str | None) -> str | None:
+    """Return *url* with its password replaced by ``***``, for logs, errors and reprs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _check_url(name: str, url: str | None) -> None:
+    if url is None:
+        return
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"{name} must be a redis://, rediss:// or unix:// URL, not {redact_url(url)!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """tilechord's configuration.  Build it with :meth:`from_env` or directly.
+
+    ``redis_url`` of ``None`` means "no Redis configured": the API and the command line
+    then start an embedded Redis and a local worker pool (see :mod:`tilechord.cluster`).
+    """
+
+    redis_url: str | None = field(default=None, repr=False)
+    result_url: str | None = field(default=None, repr=False)
+    key_ttl: int = 3600
+    job_timeout: float = 600.0
+    max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold
+    max_bytes: int = 512 * 1024 * 1024
+    max_tiles: int = 256
+    max_side: int = 1024  # a grid may have at most this many columns or rows
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_url("TILECHORD_REDIS_URL", self.redis_url)
+        _check_url("TILECHORD_RESULT_URL", self.result_url)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr
+        )
+        urls = f"redis_url={redact_url(self.redis_url)!r}, result_url={redact_url(self.result_url)!r}"
+        return f"Settings({urls}, {fields})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``TILECHORD_*`` variable once; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        plugins = tuple(p.strip() for p in env.get("TILECHORD_PLUGINS", "").split(",") if p.strip())
+        default = cls()
+        return cls(
+            redis_url=env.get("TILECHORD_REDIS_URL") or None,
+            result_url=env.get("TILECHORD_RESULT_URL") or None,
+            key_ttl=_int(env, "TILECHORD_KEY_TTL", default.key_ttl, minimum=10),
+            job_timeout=_float(env, "TILECHORD_JOB_TIMEOUT", default.job_timeout),
+            max_pixels=_int(env, "TILECHORD_MAX_PIXELS", default.max_pixels),
+            max_bytes=_int(env, "TILECHORD_MAX_BYTES", default.max_bytes),
+            max_tiles=_int(env, "TILECHORD_MAX_TILES", default.max_tiles),
+            max_side=default.max_side,
+            workers=_int(env, "TILECHORD_WORKERS", default.workers),
+            plugins=plugins,
+        )
+
+    @property
+    def backend_url(self) -> str | None:
+        """Where Celery keeps task results: the broker's Redis unless configured apart."""
+        return self.result_url or self.redis_url
+
+    def with_redis(self, url: str) -> Settings:
+        """A copy pointing broker and results at *url* (used by the embedded cluster)."""
+        return dataclasses.replace(self, redis_url=url, result_url=None)
+
+
+def _ssl_options(url: str) -> dict[str, Any] | None:
+    """Celery refuses ``rediss://`` without ``ssl_cert_reqs``; default to verifying."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    ca = os.environ.get("TILECHORD_SSL_CA_CERTS")
+    if ca:
+        options["ssl_ca_certs"] = ca
+    return options
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's settings, derived from ours.  The only place they are chosen.
+
+    The reliability settings answer Celery's defaults that lose or hang chords: late
+    acknowledgement plus requeue on worker loss re-runs a tile whose worker was killed
+    (tasks write deterministic keys, so a repeat is harmless), and a visibility timeout
+    just above the job timeout redelivers a message whose worker vanished with it.
+    """
+    if settings.redis_url is None:
+        raise ConfigurationError("no Redis URL: set TILECHORD_REDIS_URL or use the local cluster")
+    backend = settings.backend_url
+    assert backend is not None
+    visibility = int(settings.job_timeout) + 60
+    conf: dict[str, Any] = {
+        "broker_url": settings.redis_url,
+        "result_backend": backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_expires": settings.key_ttl,
+        "result_extended": False,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "health_check_interval": 10,
+            "socket_keepalive": True,
+        },
+        "result_backend_transport_options": {"health_check_interval": 10},
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": 10,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    }
+    broker_ssl = _ssl_options(settings.redis_url)
+    if broker_ssl is not None:
+        conf["broker_use_ssl"] = broker_ssl
+    backend_ssl = _ssl_options(backend)
+    if backend_ssl is not None:
+        conf["redis_backend_use_ssl"] = backend_ssl
+    return conf

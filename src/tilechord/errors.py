@@ -1,0 +1,97 @@
+"""Every error tilechord raises, in one hierarchy.
+
+Catch :class:`TilechordError` for all of them.  Errors about the input derive from
+:class:`ValueError` too, so code written against Pillow keeps working.  Each class
+takes a single message argument so that it survives a trip through Celery's json
+result backend unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TilechordError",
+    "ConfigurationError",
+    "BrokerUnavailable",
+    "InvalidImage",
+    "ImageTooLarge",
+    "UnsupportedFormat",
+    "UnknownOperation",
+    "InvalidParameter",
+    "UnsupportedMode",
+    "InvalidGrid",
+    "JobFailed",
+    "JobTimeout",
+    "error_from_name",
+]
+
+
+class TilechordError(Exception):
+    """Base class of every error tilechord raises on purpose."""
+
+
+class ConfigurationError(TilechordError):
+    """A ``TILECHORD_*`` setting is missing, malformed or out of range."""
+
+
+class BrokerUnavailable(TilechordError, ConnectionError):
+    """Redis could not be reached, or went away while a job was running."""
+
+
+class InvalidImage(TilechordError, ValueError):
+    """The input is not an image Pillow can decode completely."""
+
+
+class ImageTooLarge(InvalidImage):
+    """The input exceeds a configured limit (pixels, bytes or tile size)."""
+
+
+class UnsupportedFormat(TilechordError, ValueError):
+    """The requested output format is unknown, or cannot hold the result's mode."""
+
+
+class UnknownOperation(TilechordError, ValueError):
+    """No operation of that name is registered."""
+
+
+class InvalidParameter(TilechordError, ValueError):
+    """An operation was given a parameter it does not take, or a bad value."""
+
+
+class UnsupportedMode(TilechordError, ValueError):
+    """An operation cannot work on images of the input's mode."""
+
+
+class InvalidGrid(TilechordError, ValueError):
+    """The requested tile grid is malformed or exceeds the tile limit."""
+
+
+class JobFailed(TilechordError, RuntimeError):
+    """A task of the job failed; the message names the task, the tile and the cause."""
+
+
+class JobTimeout(TilechordError, TimeoutError):
+    """The job did not finish within its timeout; its data has been cleaned up."""
+
+
+_BY_NAME: dict[str, type[TilechordError]] = {
+    cls.__name__: cls
+    for cls in (
+        TilechordError,
+        ConfigurationError,
+        BrokerUnavailable,
+        InvalidImage,
+        ImageTooLarge,
+        UnsupportedFormat,
+        UnknownOperation,
+        InvalidParameter,
+        UnsupportedMode,
+        InvalidGrid,
+        JobFailed,
+        JobTimeout,
+    )
+}
+
+
+def error_from_name(name: str, message: str) -> TilechordError:
+    """Rebuild an error reported by a worker; unknown names become :class:`JobFailed`."""
+    return _BY_NAME.get(name, JobFailed)(message)

@@ -1,0 +1,124 @@
+"""Tile geometry: cut a W x H image into a COLS x ROWS grid, with halos.
+
+Integer arithmetic only.  Column ``c`` of ``n`` spans ``[c*W//n, (c+1)*W//n)``, so the
+tiles cover the image exactly (no gap, no overlap) for every size, and differ in width
+by at most one pixel.  A grid with more columns than the image has pixels is clipped to
+one pixel per column.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidGrid
+
+__all__ = ["Tile", "Grid", "parse_grid", "tiles", "auto_grid"]
+
+Box = tuple[int, int, int, int]
+
+_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Grid:
+    cols: int
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{self.cols}x{self.rows}"
+
+    def clip(self, width: int, height: int) -> Grid:
+        """The grid actually used for an image: at most one pixel per tile."""
+        return Grid(min(self.cols, width), min(self.rows, height))
+
+
+def parse_grid(grid: object, *, max_side: int = 1024) -> Grid:
+    """Accept ``(cols, rows)``, ``"COLSxROWS"`` or a :class:`Grid`."""
+    if isinstance(grid, Grid):
+        cols, rows = grid.cols, grid.rows
+    elif isinstance(grid, str):
+        m = _GRID_RE.match(grid)
+        if not m:
+            raise InvalidGrid(f"a grid is written COLSxROWS, like 2x1 or 4x3, not {grid!r}")
+        cols, rows = int(m.group(1)), int(m.group(2))
+    elif (
+        isinstance(grid, (tuple, list))
+        and len(grid) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in grid)
+    ):
+        cols, rows = grid
+    else:
+        raise InvalidGrid(f"a grid is (cols, rows) or 'COLSxROWS', not {grid!r}")
+    if cols < 1 or rows < 1:
+        raise InvalidGrid(f"a grid needs at least one column and one row, not {cols}x{rows}")
+    if cols > max_side or rows > max_side:
+        raise InvalidGrid(f"a grid may have at most {max_side} columns and rows, not {cols}x{rows}")
+    return Grid(cols, rows)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its core box (what it contributes) and its cut box (core plus halo)."""
+
+    index: int
+    count: int
+    box: Box
+    cut: Box
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+    def describe(self) -> str:
+        w, h = self.size
+        return f"tile {self.index + 1}/{self.count} at ({self.box[0]}, {self.box[1]}) {w}x{h}"
+
+
+def _edges(length: int, parts: int) -> list[int]:
+    return [i * length // parts for i in range(parts + 1)]
+
+
+def tiles(width: int, height: int, grid: Grid, halo: int = 0) -> list[Tile]:
+    """The tiles of a ``width x height`` image, row by row, each cut with *halo*."""
+    if width < 1 or height < 1:
+        raise InvalidGrid(f"cannot tile an empty {width}x{height} image")
+    if halo < 0:
+        raise ValueError("halo must not be negative")
+    g = grid.clip(width, height)
+    xs, ys = _edges(width, g.cols), _edges(height, g.rows)
+    count = g.cols * g.rows
+    out = []
+    for r in range(g.rows):
+        for c in range(g.cols):
+            box = (xs[c], ys[r], xs[c + 1], ys[r + 1])
+            cut = (
+                max(0, box[0] - halo),
+                max(0, box[1] - halo),
+                min(width, box[2] + halo),
+                min(height, box[3] + halo),
+            )
+            out.append(Tile(len(out), count, box, cut))
+    return out
+
+
+def auto_grid(width: int, height: int, workers: int, *, min_tile_pixels: int = 512 * 512) -> Grid:
+    """A grid for ``grid="auto"``: about one tile per worker, none smaller than is worth moving.
+
+    Tiles are cut along the longer side first so halos (which cost transfer) stay small.
+    """
+    pixels = width * height
+    n = max(1, min(workers, pixels // max(1, min_tile_pixels)))
+    if n == 1:
+        return Grid(1, 1)
+    best = Grid(n, 1) if width >= height else Grid(1, n)
+    best_cost = None
+    for cols in range(1, n + 1):
+        if n % cols:
+            continue
+        rows = n // cols
+        # Perimeter of the interior cuts ~ halo pixels to move; prefer the least.
+        cost = (cols - 1) * height + (rows - 1) * width
+        if best_cost is None or cost < best_cost:
+            best, best_cost = Grid(cols, rows), cost
+    return best.clip(width, height)

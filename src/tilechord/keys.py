@@ -1,0 +1,75 @@
+"""Every Redis key tilechord writes, named in one place.
+
+All of a job's keys live under ``tilechord:<job id>:``.  The ``live`` key marks a job
+that a client still waits for; writers check it so that a straggling task of a failed
+or timed-out job cannot leave data behind (see :mod:`tilechord.store`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+__all__ = ["PREFIX", "JobKeys", "new_job_id"]
+
+PREFIX = "tilechord"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    job_id: str
+
+    def __post_init__(self) -> None:
+        if not _JOB_ID.match(self.job_id):
+            raise ValueError(f"invalid job id {self.job_id!r}")
+
+    def _key(self, *parts: object) -> str:
+        return ":".join((PREFIX, self.job_id, *(str(p) for p in parts)))
+
+    @property
+    def pattern(self) -> str:
+        """Matches every key of this job (for tests and diagnostics, not hot paths)."""
+        return self._key("*")
+
+    @property
+    def live(self) -> str:
+        return self._key("live")
+
+    @property
+    def index(self) -> str:
+        """A set of every data key written for the job, so cleanup needs no SCAN."""
+        return self._key("keys")
+
+    @property
+    def source(self) -> str:
+        return self._key("source")
+
+    def tile(self, index: int) -> str:
+        return self._key("tile", index)
+
+    def edited(self, index: int) -> str:
+        return self._key("edited", index)
+
+    @property
+    def result(self) -> str:
+        return self._key("result")
+
+    @property
+    def done(self) -> str:
+        """A list the merge (or a failing task) pushes to; the client BLPOPs it."""
+        return self._key("done")
+
+    @property
+    def progress(self) -> str:
+        """A counter of tiles edited so far."""
+        return self._key("progress")
+
+    def task_id(self, task: str, index: int | None = None) -> str:
+        """Deterministic Celery task ids, so every task of a job is found from its id."""
+        return f"{self.job_id}-{task}" if index is None else f"{self.job_id}-{task}-{index}"

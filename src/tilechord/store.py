@@ -1,0 +1,147 @@
+"""The Redis blob store: image bytes move between tasks here, never in messages.
+
+Every write carries a TTL, so a job's data expires even if every process dies, and is
+recorded in the job's index set, so cleanup is one SMEMBERS and one DEL.  A write also
+checks, in the same MULTI, that the job is still live; if the client has already given
+up and cleaned up, the writer takes its write back.  Either the write lands before the
+cleanup (which then deletes it) or after (and is undone): nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from .config import redact_url
+from .errors import BrokerUnavailable, JobFailed
+from .keys import JobKeys
+
+__all__ = ["BlobStore", "JobGone"]
+
+
+class JobGone(JobFailed):
+    """The job's data is gone: it was cleaned up (failed, timed out) or expired."""
+
+
+@contextmanager
+def _redis_errors(url: str | None) -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailable(f"lost the connection to Redis at {redact_url(url)}: {exc}") from None
+    except redis.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
+        raise BrokerUnavailable(f"Redis at {redact_url(url)} refused the password: {exc}") from None
+
+
+class BlobStore:
+    def __init__(self, url: str, ttl: int) -> None:
+        self.url = url
+        self.ttl = ttl
+        self._pid = -1
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        # A prefork worker must not share a connection with its parent: one per process.
+        if self._client is None or self._pid != os.getpid():
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_timeout=60,
+                socket_connect_timeout=10,
+                socket_keepalive=True,
+                health_check_interval=10,
+                retry_on_timeout=False,
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"BlobStore({redact_url(self.url)!r}, ttl={self.ttl})"
+
+    def ping(self) -> None:
+        with _redis_errors(self.url):
+            self.client.ping()
+
+    # -- job life -------------------------------------------------------------------
+
+    def open_job(self, keys: JobKeys) -> None:
+        with _redis_errors(self.url):
+            self.client.set(keys.live, b"1", ex=self.ttl)
+
+    def is_live(self, keys: JobKeys) -> bool:
+        with _redis_errors(self.url):
+            return bool(self.client.exists(keys.live))
+
+    def cleanup(self, keys: JobKeys) -> None:
+        """Delete every key of the job.  Safe to call twice, or on a job never opened."""
+        with _redis_errors(self.url):
+            self.client.delete(keys.live)
+            members = self.client.smembers(keys.index)
+            self.client.delete(keys.index, keys.done, keys.progress, *members)
+
+    # -- data -----------------------------------------------------------------------
+
+    def put(self, keys: JobKeys, key: str, data: bytes) -> None:
+        """Store *data* under *key* for a live job; raise :class:`JobGone` otherwise."""
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.exists(keys.live)
+            pipe.set(key, data, ex=self.ttl)
+            pipe.sadd(keys.index, key)
+            pipe.expire(keys.index, self.ttl)
+            live = pipe.execute()[0]
+            if not live:
+                self.client.delete(key, keys.index)
+                raise JobGone(f"job {keys.job_id} was cancelled or expired; dropped {key}")
+
+    def get(self, keys: JobKeys, key: str) -> bytes:
+        with _redis_errors(self.url):
+            data = self.client.get(key)
+        if data is None:
+            raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
+        return data  # type: ignore[no-any-return]
+
+    def drop(self, *key_names: str) -> None:
+        """Free intermediate data early (tiles once merged); cleanup would catch it anyway."""
+        if key_names:
+            with _redis_errors(self.url):
+                self.client.delete(*key_names)
+
+    # -- signalling -----------------------------------------------------------------
+
+    def tile_done(self, keys: JobKeys) -> None:
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(keys.progress)
+            pipe.expire(keys.progress, self.ttl)
+            pipe.execute()
+
+    def tiles_done(self, keys: JobKeys) -> int:
+        with _redis_errors(self.url):
+            return int(self.client.get(keys.progress) or 0)
+
+    def notify(self, keys: JobKeys, message: dict[str, Any]) -> None:
+        """Tell the waiting client the job ended (result ready, or the first error)."""
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.exists(keys.live)
+            pipe.rpush(keys.done, json.dumps(message))
+            pipe.expire(keys.done, self.ttl)
+            live = pipe.execute()[0]
+            if not live:
+                self.client.delete(keys.done)
+
+    def wait(self, keys: JobKeys, timeout: float) -> dict[str, Any] | None:
+        """Block up to *timeout* seconds for the job's end message."""
+        with _redis_errors(self.url):
+            # BLPOP's timeout has a resolution of 0.01 s; 0 would mean forever.
+            item = self.client.blpop([keys.done], timeout=max(0.01, timeout))
+        if item is None:
+            return None
+        message: dict[str, Any] = json.loads(item[1])
+        return message

@@ -1,0 +1,45 @@
+"""Loaded by the test workers through TILECHORD_PLUGINS (and by the test client).
+
+It records the size of every task message as kombu's Redis transport puts it on the
+wire (json body, base64-encoded inside a json envelope), so a test can check that no
+message of a job grows with the image.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+import redis
+from celery.signals import before_task_publish
+from kombu.serialization import dumps
+
+MESSAGES_KEY = "tilechord-test:messages"
+
+
+def _wire_size(body: Any, headers: dict[str, Any], properties: dict[str, Any]) -> int:
+    content_type, encoding, data = dumps(body, serializer="json")
+    raw = data.encode() if isinstance(data, str) else data
+    envelope = {
+        "body": base64.b64encode(raw).decode(),
+        "content-encoding": encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": {**properties, "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "tilechord"}, "delivery_tag": "00000000-0000-0000-0000-000000000000"},
+    }
+    return len(json.dumps(envelope, default=str))
+
+
+@before_task_publish.connect
+def _record(body: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any) -> None:
+    url = os.environ.get("TILECHORD_REDIS_URL")
+    if not url or headers is None:
+        return
+    size = _wire_size(body, headers, properties or {})
+    entry = json.dumps({"task": headers.get("task"), "id": headers.get("id"), "root": headers.get("root_id"), "size": size})
+    client = redis.Redis.from_url(url)
+    client.rpush(MESSAGES_KEY, entry)
+    client.expire(MESSAGES_KEY, 3600)
+    client.close()

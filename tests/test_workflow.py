@@ -1,0 +1,165 @@
+"""The whole canvas, split -> chord(edit) -> merge, through real workers on a real Redis.
+
+Every result is compared with Pillow called directly on the whole image.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from images import encoded, photo
+from PIL import Image, ImageFilter, ImageOps
+
+import tilechord
+from tilechord import Client
+
+REFERENCES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "grayscale": ImageOps.grayscale,
+    "invert": ImageOps.invert,
+    "gaussian_blur:radius=6": lambda im: im.filter(ImageFilter.GaussianBlur(6)),
+    "sharpen": lambda im: im.filter(ImageFilter.SHARPEN),
+}
+GRIDS = [(1, 1), (2, 1), (3, 1), (2, 2), (4, 3)]
+
+
+def assert_same(result: Image.Image, expected: Image.Image) -> None:
+    assert result.mode == expected.mode
+    assert result.size == expected.size
+    assert result.tobytes() == expected.tobytes()
+
+
+@pytest.fixture(scope="module")
+def odd_photo() -> Image.Image:
+    return photo(97, 61, seed=3)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("spec", list(REFERENCES))
+def test_operation_on_any_grid_equals_pillow_on_whole_image(
+    client: Client, odd_photo: Image.Image, spec: str, grid: tuple[int, int], no_leftovers: None
+) -> None:
+    result = client.process_image(odd_photo, [spec], grid=grid)
+    assert_same(result, REFERENCES[spec](odd_photo))
+
+
+def test_blur_across_tile_border_is_seamless_where_naive_halving_is_not(client: Client) -> None:
+    image = photo(120, 40, seed=5)
+    expected = image.filter(ImageFilter.GaussianBlur(4))
+    result = client.process_image(image, ["gaussian_blur:radius=4"], grid=(2, 1))
+    assert_same(result, expected)
+    # The naive version (each half blurred alone) differs right at the seam: the test
+    # image is one where a missing halo would show.
+    naive = Image.new("RGB", image.size)
+    for box in ((0, 0, 60, 40), (60, 0, 120, 40)):
+        naive.paste(image.crop(box).filter(ImageFilter.GaussianBlur(4)), box[:2])
+    assert naive.tobytes() != expected.tobytes()
+
+
+def test_pipeline_chains_like_pillow_and_accepts_pairs(client: Client, odd_photo: Image.Image) -> None:
+    ops: list[Any] = ["grayscale", ("gaussian_blur", {"radius": 4}), "sharpen", ("invert", {})]
+    result = client.process_image(odd_photo, ops, grid=(3, 2))
+    expected = ImageOps.invert(
+        ImageOps.grayscale(odd_photo).filter(ImageFilter.GaussianBlur(4)).filter(ImageFilter.SHARPEN)
+    )
+    assert_same(result, expected)
+
+
+def test_png_path_in_gives_png_bytes_out(client: Client, odd_photo: Image.Image, tmp_path: Path) -> None:
+    path = tmp_path / "in.png"
+    path.write_bytes(encoded(odd_photo, "PNG"))
+    before = path.read_bytes()
+    data = client.process(path, ["gaussian_blur:radius=2"], grid=(2, 2))
+    out = Image.open(io.BytesIO(data))
+    assert out.format == "PNG"
+    assert_same(out, odd_photo.filter(ImageFilter.GaussianBlur(2)))
+    assert path.read_bytes() == before  # the input is never changed
+
+
+def test_jpeg_stays_jpeg_unless_another_format_is_asked(client: Client, odd_photo: Image.Image) -> None:
+    source = encoded(odd_photo, "JPEG", quality=90)
+    decoded = Image.open(io.BytesIO(source))
+    as_jpeg = Image.open(io.BytesIO(client.process(source, ["invert"])))
+    assert as_jpeg.format == "JPEG"
+    as_png = Image.open(io.BytesIO(client.process(io.BytesIO(source), ["invert"], format="PNG")))
+    assert as_png.format == "PNG"
+    assert_same(as_png, ImageOps.invert(decoded))
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (2, 1), (4, 3)], ids=str)
+def test_no_operations_is_the_identity(client: Client, grid: tuple[int, int]) -> None:
+    image = photo(33, 17, mode="RGBA", seed=9)
+    data = client.process(encoded(image, "PNG"), [], grid=grid)
+    assert_same(Image.open(io.BytesIO(data)), image)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 9), (9, 1), (3, 7), (2, 2)], ids=str)
+def test_grid_larger_than_image_clips_to_one_pixel_per_tile(client: Client, size: tuple[int, int]) -> None:
+    image = photo(*size, seed=1)
+    result = client.process_image(image, ["gaussian_blur:radius=3", "sharpen"], grid=(5, 5))
+    assert_same(result, image.filter(ImageFilter.GaussianBlur(3)).filter(ImageFilter.SHARPEN))
+
+
+def test_submit_returns_a_job_that_reports_status_and_progress(client: Client, no_leftovers: None) -> None:
+    image = photo(200, 150, seed=2)
+    job = client.submit(encoded(image, "PNG"), ["gaussian_blur:radius=3"], grid=(3, 2))
+    assert isinstance(job.id, str) and job.id
+    assert job.status in {"PENDING", "STARTED", "SUCCESS"}
+    data = job.get(timeout=60)
+    assert job.status == "SUCCESS"
+    assert job.progress() == (6, 6)
+    assert_same(Image.open(io.BytesIO(data)), image.filter(ImageFilter.GaussianBlur(3)))
+    assert job.get() == data  # a second get returns the same bytes
+
+
+def test_bad_input_is_rejected_before_anything_is_enqueued(
+    client: Client, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    with pytest.raises(tilechord.UnknownOperation, match="gaussian_blur"):
+        client.process(encoded(photo(8, 8), "PNG"), ["gausian_blur"])
+    with pytest.raises(tilechord.InvalidParameter, match="radius"):
+        client.process(encoded(photo(8, 8), "PNG"), ["gaussian_blur:radius=lots"])
+    with pytest.raises(tilechord.InvalidImage):
+        client.process(b"definitely not an image", ["invert"])
+    with pytest.raises(tilechord.InvalidGrid):
+        client.process(encoded(photo(8, 8), "PNG"), ["invert"], grid="2by2")
+
+
+def test_job_messages_of_a_24_megapixel_image_stay_under_8_kb(
+    client: Client, messages: Callable[[], list[dict[str, Any]]], no_leftovers: None
+) -> None:
+    image = Image.new("RGB", (6000, 4000), (10, 120, 200))
+    job = client.submit(tilechord.codec.pack_raw(image), ["invert"], grid=(2, 1))
+    job.get(timeout=120)
+    deadline = time.monotonic() + 10
+    seen: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        seen = {m["task"]: max(seen.get(m["task"], 0), m["size"]) for m in messages() if m["root"] == job.id}
+        if {"tilechord.split", "tilechord.edit", "tilechord.merge"} <= set(seen):
+            break
+        time.sleep(0.1)
+    assert {"tilechord.split", "tilechord.edit", "tilechord.merge"} <= set(seen), seen
+    assert max(seen.values()) < 8 * 1024, seen
+
+
+def test_twenty_jobs_leave_no_tilechord_keys_and_celery_results_expire(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    image = photo(64, 48, seed=4)
+    source = encoded(image, "PNG")
+    jobs = [client.submit(source, ["sharpen"], grid=(2, 2)) for _ in range(20)]
+    expected = image.filter(ImageFilter.SHARPEN).tobytes()
+    for job in jobs:
+        assert Image.open(io.BytesIO(job.get(timeout=60))).tobytes() == expected
+    assert list(redis_client.scan_iter(match="tilechord:*")) == []
+    celery_keys = [k for k in redis_client.scan_iter(match="*") if not k.startswith(b"tilechord")]
+    results = [k for k in celery_keys if k.startswith(b"celery-task-meta-")]
+    assert len(results) >= 20 * 5  # a merge and four edits per job
+    for key in celery_keys:
+        if redis_client.type(key) in (b"string", b"list", b"set") and key.startswith((b"celery-task-meta-", b"chord-unlock")):
+            assert redis_client.ttl(key) > 0, key
