@@ -36,7 +36,7 @@ from .keys import JobKeys, new_job_id
 from .operations import OpSpec, Pipeline, parse_pipeline
 from .tasks import JobSpec, split_signature
 
-__all__ = ["Client", "Job", "process", "process_image", "submit", "Source", "GridSpec"]
+__all__ = ["Client", "Job", "process", "process_image", "submit", "read_source", "Source", "GridSpec"]
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
@@ -45,7 +45,7 @@ DEFAULT_GRID = (2, 1)
 _POLL = 0.5  # seconds between checks of Celery's own state while waiting
 
 
-def _read_source(source: Source, max_bytes: int) -> bytes:
+def read_source(source: Source, max_bytes: int) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -260,7 +260,7 @@ class Client:
         timeout: float | None = None,
     ) -> Job:
         """Check the job, store the source in Redis and start the canvas; returns at once."""
-        data = _read_source(source, self._requested.max_bytes)
+        data = read_source(source, self._requested.max_bytes)
         return self._submit(data, ops, grid, format, timeout)
 
     def _submit(

@@ -9,6 +9,7 @@ half-written file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from . import __version__, codec
-from .api import Client
+from .api import Client, read_source
 from .config import Settings
 from .errors import ConfigurationError, InvalidImage, TilechordError, UnsupportedFormat
 from .operations import Kind, registry
@@ -44,14 +45,18 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _client(redis_url: str | None, workers: int | None, timeout: float | None) -> Iterator[Client]:
-    """A client on the configured Redis, or on a local cluster started for this command."""
+def _settings(redis_url: str | None, timeout: float | None) -> Settings:
     settings = Settings.from_env()
     if timeout is not None:
-        settings = _replace(settings, job_timeout=timeout)
+        settings = dataclasses.replace(settings, job_timeout=timeout)
     if redis_url:
         settings = settings.with_redis(redis_url)
+    return settings
+
+
+@contextlib.contextmanager
+def _client(settings: Settings, workers: int | None) -> Iterator[Client]:
+    """A client on the configured Redis, or on a local cluster started for this command."""
     if settings.redis_url is not None:
         client = Client(settings)
         try:
@@ -67,12 +72,6 @@ def _client(redis_url: str | None, workers: int | None, timeout: float | None) -
             yield client
         finally:
             client.close()
-
-
-def _replace(settings: Settings, **changes: object) -> Settings:
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -167,8 +166,11 @@ def run(
     out_format = fmt or codec.format_for_path(str(output))
     if input.resolve() == output.resolve():
         raise UnsupportedFormat(f"refusing to overwrite the input {input}; choose another output path")
-    with _client(redis_url, workers, timeout) as client:
-        data = client.process(input, list(ops), grid=grid, format=out_format)
+    settings = _settings(redis_url, timeout)
+    source = read_source(input, settings.max_bytes)
+    Client(settings).plan(source, list(ops), grid, out_format)  # fail before starting anything
+    with _client(settings, workers) as client:
+        data = client.process(source, list(ops), grid=grid, format=out_format)
     write_atomic(output, data)
 
 

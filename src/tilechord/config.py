@@ -153,7 +153,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     just above the job timeout redelivers a message whose worker vanished with it.
     """
     if settings.redis_url is None:
-        raise ConfigurationError("no Redis URL: set TILECHORD_REDIS_URL or use the local cluster")
+        raise ConfigurationError(
+            "no Redis URL: set TILECHORD_REDIS_URL (e.g. redis://:password@host:6379/0) for workers; "
+            "`tilechord run` and `tilechord up` start a local Redis when none is set"
+        )
     backend = settings.backend_url
     assert backend is not None
     visibility = int(settings.job_timeout) + 60

@@ -1,0 +1,189 @@
+"""The command line, run as a user runs it: a real `tilechord` process.
+
+With no Redis configured it starts its own (embedded Redis plus a worker pool) and must
+leave no process behind; with TILECHORD_REDIS_URL it uses the workers already there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from images import photo
+from PIL import Image, ImageFilter, ImageOps
+
+from tilechord.cluster import WorkerPool
+
+REFERENCES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "gaussian_blur:radius=6": lambda im: im.filter(ImageFilter.GaussianBlur(6)),
+    "grayscale": ImageOps.grayscale,
+    "invert": ImageOps.invert,
+    "sharpen": lambda im: im.filter(ImageFilter.SHARPEN),
+}
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries *marker* (ours and our children's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    with open(f"/proc/{entry}/stat", "rb") as stat:
+                        if stat.read().split(b")")[-1].split()[0] != b"Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(marker: str, timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def tilechord(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tilechord", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )
+
+
+def local_env(marker: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILECHORD_")}
+    env["TILECHORD_TEST_MARKER"] = marker
+    return env
+
+
+@pytest.fixture(scope="module")
+def photo_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "photo.jpg"
+    photo(301, 199, seed=11).save(path, quality=92)  # odd width and height
+    return path
+
+
+@pytest.mark.parametrize(
+    ("spec", "grid"),
+    [
+        ("gaussian_blur:radius=6", "2x1"),
+        ("gaussian_blur:radius=6", "1x1"),
+        ("gaussian_blur:radius=6", "3x1"),
+        ("gaussian_blur:radius=6", "2x2"),
+        ("gaussian_blur:radius=6", "4x3"),
+        ("grayscale", "4x3"),
+        ("invert", "2x2"),
+        ("sharpen", "3x1"),
+    ],
+)
+def test_run_without_redis_matches_pillow_and_leaves_no_process(
+    photo_jpeg: Path, tmp_path: Path, spec: str, grid: str
+) -> None:
+    marker = uuid.uuid4().hex
+    out = tmp_path / "out.png"
+    before = photo_jpeg.read_bytes()
+    done = tilechord("run", str(photo_jpeg), "-o", str(out), "--op", spec, "--grid", grid, "--workers", "2", env=local_env(marker))
+    assert done.returncode == 0, done.stderr
+    expected = REFERENCES[spec](Image.open(photo_jpeg))
+    result = Image.open(out)
+    assert result.format == "PNG"
+    assert (result.mode, result.size) == (expected.mode, expected.size)
+    assert result.tobytes() == expected.tobytes()
+    assert photo_jpeg.read_bytes() == before
+    assert wait_until_gone(marker) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+
+
+def test_run_against_configured_redis_is_served_by_a_separately_started_worker(
+    worker: WorkerPool, redis_url: str, photo_jpeg: Path, tmp_path: Path
+) -> None:
+    marker = uuid.uuid4().hex
+    env = {**local_env(marker), "TILECHORD_REDIS_URL": redis_url}
+    out = tmp_path / "blurred.jpg"
+    done = tilechord("run", str(photo_jpeg), "-o", str(out), "--op", "gaussian_blur:radius=3", env=env)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).format == "JPEG"
+    assert processes_with(marker) == []  # it started nothing of its own
+
+
+def test_ctrl_c_stops_the_local_cluster_and_writes_nothing(photo_jpeg: Path, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    big = tmp_path / "big.png"
+    photo(1500, 1000, seed=2).save(big)
+    out = tmp_path / "out.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilechord", "run", str(big), "-o", str(out), "--op", "median:size=15", "--workers", "2"],
+        env=local_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(processes_with(marker)) < 4 and time.monotonic() < deadline:  # us, redis, worker, children
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert wait_until_gone(marker) == []
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.jpg", "-o", "out.png"], "no such file"),
+        (["run", "{photo}", "-o", "no/such/dir/out.png"], "does not exist"),
+        (["run", "{photo}", "-o", "out.png", "--op", "gausian_blur"], "did you mean gaussian_blur"),
+        (["run", "{photo}", "-o", "out.png", "--op", "gaussian_blur:radius=-3"], "radius"),
+        (["run", "{photo}", "-o", "out.png", "--grid", "2by2"], "COLSxROWS"),
+        (["run", "{photo}", "-o", "out.xyz"], "format"),
+        (["run", "{text}", "-o", "out.png"], "not an image"),
+    ],
+)
+def test_errors_are_one_line_with_a_non_zero_exit_and_start_nothing(
+    photo_jpeg: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("these are notes, not pixels\n")
+    marker = uuid.uuid4().hex
+    argv = [a.format(photo=photo_jpeg, text=text) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "tilechord", *argv], capture_output=True, text=True,
+        env=local_env(marker), cwd=tmp_path, timeout=60, check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tilechord: error: "), done.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out.png").exists()
+    assert processes_with(marker) == []
+
+
+def test_ops_lists_every_operation_with_parameters_and_reach() -> None:
+    done = tilechord("ops")
+    assert done.returncode == 0, done.stderr
+    for name in ("grayscale", "invert", "gaussian_blur", "sharpen"):
+        assert name in done.stdout
+    blur = next(line for line in done.stdout.splitlines() if line.startswith("gaussian_blur "))
+    assert "radius" in blur and "neighbourhood" in blur and "px" in blur
+
+
+def test_help_explains_each_command() -> None:
+    top = tilechord("--help")
+    assert top.returncode == 0 and "run" in top.stdout and "ops" in top.stdout
+    run = tilechord("run", "--help")
+    assert "--op" in run.stdout and "--grid" in run.stdout and "TILECHORD_REDIS_URL" in run.stdout
