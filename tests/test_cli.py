@@ -53,10 +53,16 @@ def wait_until_gone(marker: str, timeout: float = 15) -> list[int]:
     return left
 
 
-def tilechord(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def tilechord(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tilechord", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -92,7 +98,19 @@ def test_run_without_redis_matches_pillow_and_leaves_no_process(
     marker = uuid.uuid4().hex
     out = tmp_path / "out.png"
     before = photo_jpeg.read_bytes()
-    done = tilechord("run", str(photo_jpeg), "-o", str(out), "--op", spec, "--grid", grid, "--workers", "2", env=local_env(marker))
+    done = tilechord(
+        "run",
+        str(photo_jpeg),
+        "-o",
+        str(out),
+        "--op",
+        spec,
+        "--grid",
+        grid,
+        "--workers",
+        "2",
+        env=local_env(marker),
+    )
     assert done.returncode == 0, done.stderr
     expected = REFERENCES[spec](Image.open(photo_jpeg))
     result = Image.open(out)
@@ -122,8 +140,23 @@ def test_ctrl_c_stops_the_local_cluster_and_writes_nothing(photo_jpeg: Path, tmp
     photo(1500, 1000, seed=2).save(big)
     out = tmp_path / "out.png"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tilechord", "run", str(big), "-o", str(out), "--op", "median:size=15", "--workers", "2"],
-        env=local_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tilechord",
+            "run",
+            str(big),
+            "-o",
+            str(out),
+            "--op",
+            "median:size=15",
+            "--workers",
+            "2",
+        ],
+        env=local_env(marker),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -162,8 +195,13 @@ def test_errors_are_one_line_with_a_non_zero_exit_and_start_nothing(
     marker = uuid.uuid4().hex
     argv = [a.format(photo=photo_jpeg, text=text) for a in args]
     done = subprocess.run(
-        [sys.executable, "-m", "tilechord", *argv], capture_output=True, text=True,
-        env=local_env(marker), cwd=tmp_path, timeout=60, check=False,
+        [sys.executable, "-m", "tilechord", *argv],
+        capture_output=True,
+        text=True,
+        env=local_env(marker),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
@@ -187,3 +225,12 @@ def test_help_explains_each_command() -> None:
     assert top.returncode == 0 and "run" in top.stdout and "ops" in top.stdout
     run = tilechord("run", "--help")
     assert "--op" in run.stdout and "--grid" in run.stdout and "TILECHORD_REDIS_URL" in run.stdout
+
+
+def test_readme_operations_table_is_what_tilechord_ops_prints() -> None:
+    done = tilechord(
+        "ops", "--markdown", env={k: v for k, v in os.environ.items() if k != "TILECHORD_PLUGINS"}
+    )
+    assert done.returncode == 0, done.stderr
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert done.stdout.strip() in readme

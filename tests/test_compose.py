@@ -49,14 +49,20 @@ def test_compose_runs_redis_workers_and_flower() -> None:
     assert env["TILECHORD_REDIS_URL"].startswith("redis://")
 
 
-@pytest.mark.parametrize(("where", "command"), _tilechord_commands(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("where", "command"), _tilechord_commands(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_every_command_the_deployment_runs_exists_with_its_options(where: str, command: list[str]) -> None:
     assert command[:3] == ["celery", "-A", "tilechord"], where
     sub = command[3]
     env = {**os.environ, "TILECHORD_REDIS_URL": "redis://:pw@127.0.0.1:1/0"}
     out = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tilechord", sub, "--help"],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     known = out.stdout

@@ -33,8 +33,12 @@ def test_no_redis_url_means_the_local_cluster() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("TILECHORD_KEY_TTL", "soon"), ("TILECHORD_JOB_TIMEOUT", "-1"), ("TILECHORD_WORKERS", "0"),
-     ("TILECHORD_REDIS_URL", "http://example.com")],
+    [
+        ("TILECHORD_KEY_TTL", "soon"),
+        ("TILECHORD_JOB_TIMEOUT", "-1"),
+        ("TILECHORD_WORKERS", "0"),
+        ("TILECHORD_REDIS_URL", "http://example.com"),
+    ],
 )
 def test_bad_settings_raise_a_configuration_error_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):

@@ -17,7 +17,9 @@ from tilechord.geometry import Grid, auto_grid, parse_grid, tiles
     rows=st.integers(1, 12),
     halo=st.integers(0, 30),
 )
-def test_tiles_cover_every_pixel_exactly_once(width: int, height: int, cols: int, rows: int, halo: int) -> None:
+def test_tiles_cover_every_pixel_exactly_once(
+    width: int, height: int, cols: int, rows: int, halo: int
+) -> None:
     parts = tiles(width, height, Grid(cols, rows), halo)
     assert len(parts) == min(cols, width) * min(rows, height)
     covered = [[0] * width for _ in range(height)]
@@ -46,7 +48,13 @@ def test_tiles_differ_in_size_by_at_most_one_pixel() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("2x1", Grid(2, 1)), ("4X3", Grid(4, 3)), (" 5 x 5 ", Grid(5, 5)), ((3, 2), Grid(3, 2)), ([1, 1], Grid(1, 1))],
+    [
+        ("2x1", Grid(2, 1)),
+        ("4X3", Grid(4, 3)),
+        (" 5 x 5 ", Grid(5, 5)),
+        ((3, 2), Grid(3, 2)),
+        ([1, 1], Grid(1, 1)),
+    ],
 )
 def test_parse_grid_accepts_the_usual_spellings(text: object, expected: Grid) -> None:
     assert parse_grid(text) == expected

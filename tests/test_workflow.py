@@ -161,5 +161,7 @@ def test_twenty_jobs_leave_no_tilechord_keys_and_celery_results_expire(
     results = [k for k in celery_keys if k.startswith(b"celery-task-meta-")]
     assert len(results) >= 20 * 5  # a merge and four edits per job
     for key in celery_keys:
-        if redis_client.type(key) in (b"string", b"list", b"set") and key.startswith((b"celery-task-meta-", b"chord-unlock")):
+        if redis_client.type(key) in (b"string", b"list", b"set") and key.startswith(
+            (b"celery-task-meta-", b"chord-unlock")
+        ):
             assert redis_client.ttl(key) > 0, key

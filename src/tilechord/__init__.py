@@ -15,6 +15,7 @@ from .api import Client, Job, process, process_image, submit
 from .config import Settings
 from .errors import (
     BrokerUnavailable,
+    ClusterError,
     ConfigurationError,
     ImageTooLarge,
     InvalidGrid,
@@ -45,6 +46,7 @@ __all__ = [
     "parse_pipeline",
     "TilechordError",
     "ConfigurationError",
+    "ClusterError",
     "BrokerUnavailable",
     "InvalidImage",
     "ImageTooLarge",

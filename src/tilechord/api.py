@@ -9,6 +9,7 @@ Redis plus a worker pool) is started on first use and stopped at exit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from .errors import (
 from .geometry import Grid, auto_grid, parse_grid
 from .keys import JobKeys, new_job_id
 from .operations import OpSpec, Pipeline, parse_pipeline
+from .store import BlobStore
 from .tasks import JobSpec, split_signature
 
 __all__ = ["Client", "Job", "process", "process_image", "submit", "read_source", "Source", "GridSpec"]
@@ -69,22 +71,16 @@ def read_source(source: Source, max_bytes: int) -> bytes:
             raise InvalidImage("the file object must be opened in binary mode ('rb')")
         data = bytes(data)
     else:
-        raise InvalidImage(
-            f"a source is a path, bytes or a binary file object, not {type(source).__name__}"
-        )
+        raise InvalidImage(f"a source is a path, bytes or a binary file object, not {type(source).__name__}")
     if len(data) > max_bytes:
-        raise ImageTooLarge(
-            f"the input is over the limit of {max_bytes:,} bytes (TILECHORD_MAX_BYTES)"
-        )
+        raise ImageTooLarge(f"the input is over the limit of {max_bytes:,} bytes (TILECHORD_MAX_BYTES)")
     return data
 
 
 class Job:
     """A submitted job.  :meth:`get` waits for it, returns the result and frees its data."""
 
-    def __init__(
-        self, client: Client, keys: JobKeys, tiles: int, fmt: str | None, timeout: float
-    ) -> None:
+    def __init__(self, client: Client, keys: JobKeys, tiles: int, fmt: str | None, timeout: float) -> None:
         self._client = client
         self._keys = keys
         self.tiles = tiles
@@ -159,7 +155,7 @@ class Job:
         message = self._client.store.wait(self._keys, 0.01)
         if message is not None:
             return message
-        result = self._async_result().result
+        result: object = self._async_result().result
         return {"ok": False, "error": "JobFailed", "message": f"job {self.id} failed: {result!r}"}
 
     def _timeout(self, limit: float) -> JobTimeout:
@@ -176,10 +172,8 @@ class Job:
         )
 
     def _cleanup(self) -> None:
-        try:
+        with contextlib.suppress(BrokerUnavailable):  # keys carry a TTL; they expire anyway
             self._client.store.cleanup(self._keys)
-        except BrokerUnavailable:
-            pass  # keys carry a TTL; they expire on their own
 
     def cancel(self) -> None:
         """Stop waiting, revoke the job and delete its data."""
@@ -224,11 +218,15 @@ class Client:
         return self.app.tilechord_settings
 
     @property
-    def store(self) -> Any:
+    def store(self) -> BlobStore:
         return self.app.store
 
     def plan(
-        self, data: bytes, ops: Iterable[OpSpec] | OpSpec | Pipeline | None, grid: GridSpec, format: str | None
+        self,
+        data: bytes,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None,
+        grid: GridSpec,
+        format: str | None,
     ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
         """Validate a job completely without enqueuing anything."""
         settings = self._requested
@@ -274,8 +272,15 @@ class Client:
         pipeline, used, info, fmt = self.plan(data, ops, grid, format)
         app = self.app
         keys = JobKeys(new_job_id())
-        spec: JobSpec = {"job": keys.job_id, "ops": pipeline.to_json(), "grid": [used.cols, used.rows], "format": fmt}
-        describe = f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, grid {used}, [{pipeline}]"
+        spec: JobSpec = {
+            "job": keys.job_id,
+            "ops": pipeline.to_json(),
+            "grid": [used.cols, used.rows],
+            "format": fmt,
+        }
+        describe = (
+            f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, grid {used}, [{pipeline}]"
+        )
         app.store.open_job(keys)
         try:
             app.store.put(keys, keys.source, data)

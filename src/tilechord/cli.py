@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,8 +21,9 @@ import click
 
 from . import __version__, codec
 from .api import Client, read_source
+from .celery_app import load_plugins
 from .config import Settings
-from .errors import ConfigurationError, InvalidImage, TilechordError, UnsupportedFormat
+from .errors import InvalidImage, TilechordError, UnsupportedFormat
 from .operations import Kind, registry
 
 __all__ = ["main", "cli", "write_atomic"]
@@ -87,6 +89,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TilechordError as exc:
             _fail(str(exc))
+        except BrokenPipeError:  # `tilechord ops | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("tilechord: interrupted", err=True)
             sys.exit(130)
@@ -131,8 +136,12 @@ def cli() -> None:
     help="How to cut the image into tiles, one edit task each; 'auto' picks one from the "
     "image size and the number of workers.",
 )
-@click.option("--format", "fmt", default=None, help="Output format, overriding the extension (PNG, JPEG ...).")
-@click.option("--redis", "redis_url", default=None, metavar="URL", help="Redis to use [env: TILECHORD_REDIS_URL].")
+@click.option(
+    "--format", "fmt", default=None, help="Output format, overriding the extension (PNG, JPEG ...)."
+)
+@click.option(
+    "--redis", "redis_url", default=None, metavar="URL", help="Redis to use [env: TILECHORD_REDIS_URL]."
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -174,35 +183,51 @@ def run(
     write_atomic(output, data)
 
 
-@cli.command("ops")
-def list_ops() -> None:
-    """List every operation with its parameters, kind and reach (halo)."""
-    try:
-        from . import filters  # noqa: F401
-        from .celery_app import load_plugins
-
-        load_plugins(Settings.from_env().plugins)
-    except ConfigurationError as exc:
-        _fail(str(exc))
+def ops_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, parameters, kind, reach, description) of every registered operation."""
     rows = []
     for op in registry:
         step = op.bind({}) if all(not p.required for p in op.params) else None
-        if op.kind is Kind.NEIGHBOURHOOD:
-            reach = f"{step.reach} px" if step is not None else "varies"
-            if step is not None and op.params:
-                reach += " (default)"
-        else:
+        if op.kind is not Kind.NEIGHBOURHOOD:
             reach = "0"
+        elif step is None:
+            reach = "varies"
+        else:
+            reach = f"{step.reach} px" + (" at defaults" if op.params else "")
         rows.append((op.name, op.describe() or "-", op.kind.value, reach, op.doc))
-    headers = ("operation", "parameters", "kind", "reach", "")
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip())
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=False)]
-        click.echo("  ".join([*cells, row[4]]).rstrip())
+    return rows
+
+
+@cli.command("ops")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (as in README.md).")
+def list_ops(markdown: bool) -> None:
+    """List every operation with its parameters, kind and reach (halo).
+
+    Includes custom operations from the modules named in TILECHORD_PLUGINS.
+    """
+    load_plugins(Settings.from_env().plugins)
+    rows = ops_rows()
+    if markdown:
+        click.echo("| operation | parameters | kind | reach | what it does |")
+        click.echo("| --- | --- | --- | --- | --- |")
+        for name, params, kind, reach, doc in rows:
+            click.echo(f"| `{name}` | {params} | {kind} | {reach} | {doc} |")
+        return
+    headers = ("operation", "kind", "reach", "parameters")
+    table = [(r[0], r[2], r[3], r[1]) for r in rows]
+    widths = [max(len(r[i]) for r in [headers, *table]) for i in range(3)]
+    for row, doc in zip([headers, *table], ["", *(r[4] for r in rows)], strict=True):
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths, strict=False)), row[3]]).rstrip())
+        if doc:
+            click.echo(f"    {doc}")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: the local cluster stops in order
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli.main(args=argv, prog_name="tilechord")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
@@ -97,7 +97,7 @@ def unpack_raw(data: bytes) -> tuple[Image.Image, dict[str, Any]]:
     header = json.loads(bytes(data[offset : offset + hlen]))
     offset += hlen
     mode, size = header["mode"], tuple(header["size"])
-    image = Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)
+    image = Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)  # type: ignore[arg-type]
     # frombuffer shares memory read-only for some modes; a private copy keeps ops safe.
     image = image.copy()
     if "palette" in header:
@@ -142,7 +142,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise InvalidImage(
             "the input is not an image in a format Pillow can read "
             f"(starts with {bytes(data[:8])!r}, {len(data):,} bytes)"

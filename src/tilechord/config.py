@@ -67,10 +67,8 @@ def _check_url(name: str, url: str | None) -> None:
     if url is None:
         return
     scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            f"{name} must be a redis://, rediss:// or unix:// URL, not {redact_url(url)!r}"
-        )
+    if scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"{name} must be a redis:// or rediss:// URL, not {redact_url(url)!r}")
 
 
 @dataclass(frozen=True)
@@ -97,9 +95,7 @@ class Settings:
         _check_url("TILECHORD_RESULT_URL", self.result_url)
 
     def __repr__(self) -> str:
-        fields = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr
-        )
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
         urls = f"redis_url={redact_url(self.redis_url)!r}, result_url={redact_url(self.result_url)!r}"
         return f"Settings({urls}, {fields})"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "TilechordError",
     "ConfigurationError",
+    "ClusterError",
     "BrokerUnavailable",
     "InvalidImage",
     "ImageTooLarge",
@@ -31,6 +32,10 @@ class TilechordError(Exception):
 
 class ConfigurationError(TilechordError):
     """A ``TILECHORD_*`` setting is missing, malformed or out of range."""
+
+
+class ClusterError(TilechordError, RuntimeError):
+    """The local cluster (embedded Redis, worker pool) could not be started; see its log tail."""
 
 
 class BrokerUnavailable(TilechordError, ConnectionError):
@@ -78,6 +83,7 @@ _BY_NAME: dict[str, type[TilechordError]] = {
     for cls in (
         TilechordError,
         ConfigurationError,
+        ClusterError,
         BrokerUnavailable,
         InvalidImage,
         ImageTooLarge,

@@ -17,7 +17,7 @@ __all__ = ["Tile", "Grid", "parse_grid", "tiles", "auto_grid"]
 
 Box = tuple[int, int, int, int]
 
-_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7,]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def tiles(width: int, height: int, grid: Grid, halo: int = 0) -> list[Tile]:
     g = grid.clip(width, height)
     xs, ys = _edges(width, g.cols), _edges(height, g.rows)
     count = g.cols * g.rows
-    out = []
+    out: list[Tile] = []
     for r in range(g.rows):
         for c in range(g.cols):
             box = (xs[c], ys[r], xs[c + 1], ys[r + 1])

@@ -46,7 +46,7 @@ OpSpec: TypeAlias = "str | tuple[str, Mapping[str, Any]] | Step"
 ParamValue: TypeAlias = "int | float | bool | str"
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """How an operation's output pixels depend on its input (see ops-reference)."""
 
     PIXEL = "pixel"  # each output pixel from the same input pixel
@@ -72,7 +72,9 @@ class Param:
 
     def describe(self) -> str:
         text = f"{self.name}: {self.type.__name__}"
-        if self.choices is not None:
+        if self.choices is not None and len(self.choices) > 8:
+            text += " (one of " + ", ".join(str(c) for c in self.choices[:6]) + ", ...)"
+        elif self.choices is not None:
             text += " in {" + ", ".join(str(c) for c in self.choices) + "}"
         elif self.minimum is not None or self.maximum is not None:
             lo = "" if self.minimum is None else _fmt(self.minimum)
@@ -102,9 +104,7 @@ class Param:
                     f"{where} must be at least {_fmt(self.minimum)}, not {_fmt(converted)}"
                 )
             if self.maximum is not None and converted > self.maximum:
-                raise InvalidParameter(
-                    f"{where} must be at most {_fmt(self.maximum)}, not {_fmt(converted)}"
-                )
+                raise InvalidParameter(f"{where} must be at most {_fmt(self.maximum)}, not {_fmt(converted)}")
         return converted
 
 
@@ -269,9 +269,7 @@ class Registry:
             pass
         close = difflib.get_close_matches(name, self._ops, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise UnknownOperation(
-            f"unknown operation {name!r}{hint} (`tilechord ops` lists them all)"
-        ) from None
+        raise UnknownOperation(f"unknown operation {name!r}{hint} (`tilechord ops` lists them all)") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._ops
@@ -313,9 +311,7 @@ def _params_from_signature(
             )
         lo, hi = bounds.get(pname, (None, None))
         ch = choices.get(pname)
-        params.append(
-            Param(pname, tp, sp.default, lo, hi, tuple(ch) if ch is not None else None)
-        )
+        params.append(Param(pname, tp, sp.default, lo, hi, tuple(ch) if ch is not None else None))
     unknown = (set(bounds) | set(choices)) - {p.name for p in params}
     if unknown:
         raise TypeError(f"operation {func.__qualname__}: bounds for unknown {sorted(unknown)}")
@@ -346,7 +342,14 @@ def operation(
             return image.filter(ImageFilter.ModeFilter(size))
     """
     kind = Kind(kind)
-    reach_fn: ReachFn = (lambda _p, _r=int(reach): _r) if isinstance(reach, int) else reach
+    reach_fn: ReachFn
+    if isinstance(reach, int):
+        fixed = int(reach)
+
+        def reach_fn(_params: Mapping[str, Any]) -> int:
+            return fixed
+    else:
+        reach_fn = reach
     if kind is Kind.GEOMETRY and (map_box is None or map_size is None):
         raise TypeError(f"geometry operation {name!r} needs map_box and map_size")
 
@@ -397,12 +400,11 @@ def _step(spec: OpSpec, reg: Registry) -> Step:
     if isinstance(spec, Step):
         return spec
     if isinstance(spec, str):
-        name, values = _parse_spec(spec)
-        return reg.get(name).bind(values)
+        name, texts = _parse_spec(spec)
+        return reg.get(name).bind(texts)
     if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
-        name, values = spec
-        if values is None:
-            values = {}
+        name, given = spec
+        values: Any = {} if given is None else given
         if not isinstance(values, Mapping):
             raise InvalidParameter(f"{name}: parameters must be a mapping, not {values!r}")
         return reg.get(name).bind(values)
@@ -467,6 +469,11 @@ class Pipeline:
                     f"{step.spec} cannot work on mode {probe.mode} images ({exc}); "
                     f"convert the image first, e.g. with the step 'convert:mode=RGB'"
                 ) from None
+            except Exception as exc:
+                raise TilechordError(
+                    f"{step.spec} failed on a small test image of mode {probe.mode}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             if not isinstance(out, Image.Image):
                 raise TilechordError(f"operation {step.name} returned {type(out).__name__}, not an image")
             expected = step.map_size(probe.size)

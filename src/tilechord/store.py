@@ -104,7 +104,8 @@ class BlobStore:
             data = self.client.get(key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
-        return data  # type: ignore[no-any-return]
+        assert isinstance(data, bytes)
+        return data
 
     def drop(self, *key_names: str) -> None:
         """Free intermediate data early (tiles once merged); cleanup would catch it anyway."""

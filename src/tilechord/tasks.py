@@ -14,6 +14,7 @@ was killed is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -66,10 +67,8 @@ def _reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
             name = "JobFailed"
             message = f"{what} of job {keys.job_id} failed: {type(exc).__name__}: {exc}"
         logger.warning("job %s: %s failed: %s", keys.job_id, what, message)
-        try:
+        with contextlib.suppress(TilechordError):  # Redis gone too: the client's timeout reports it
             app.store.notify(keys, {"ok": False, "error": name, "message": message})
-        except TilechordError:
-            pass  # Redis is gone too; the client's own timeout will report it
         raise
     else:
         logger.info("job %s: %s done in %.3f s", keys.job_id, what, time.perf_counter() - started)
@@ -77,8 +76,10 @@ def _reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
 
 def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
     """The job's first task, with the job id as its task id (and so the result's id)."""
-    return app.tasks["tilechord.split"].si(spec).set(
-        task_id=spec["job"], argsrepr=f"job {spec['job']}: {describe}"
+    return (
+        app.tasks["tilechord.split"]
+        .si(spec)
+        .set(task_id=spec["job"], argsrepr=f"job {spec['job']}: {describe}")
     )
 
 
@@ -94,6 +95,7 @@ def register_tasks(app: TilechordCelery) -> None:
             acks_late=True,
             reject_on_worker_lost=True,
             throws=(TilechordError,),  # expected failures: logged without a traceback
+            shared=False,  # each app its own tasks (a shared task would reach every later app)
         )
 
     @task("tilechord.split")
@@ -118,8 +120,13 @@ def register_tasks(app: TilechordCelery) -> None:
             for tile in parts
         )
         out_size = list(pipeline.output_size((image.width, image.height)))
-        body = app.tasks["tilechord.merge"].si(spec, len(parts), out_size).set(
-            argsrepr=f"job {spec['job']}: {len(parts)} tiles -> {out_size[0]}x{out_size[1]} {spec['format'] or 'raw'}"
+        body = (
+            app.tasks["tilechord.merge"]
+            .si(spec, len(parts), out_size)
+            .set(
+                argsrepr=f"job {spec['job']}: {len(parts)} tiles -> "
+                f"{out_size[0]}x{out_size[1]} {spec['format'] or 'raw'}"
+            )
         )
         return self.replace(chord(header, body))
 

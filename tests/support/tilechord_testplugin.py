@@ -27,19 +27,61 @@ def _wire_size(body: Any, headers: dict[str, Any], properties: dict[str, Any]) -
         "content-encoding": encoding,
         "content-type": content_type,
         "headers": headers,
-        "properties": {**properties, "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "tilechord"}, "delivery_tag": "00000000-0000-0000-0000-000000000000"},
+        "properties": {
+            **properties,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": "tilechord"},
+            "delivery_tag": "00000000-0000-0000-0000-000000000000",
+        },
     }
     return len(json.dumps(envelope, default=str))
 
 
 @before_task_publish.connect
-def _record(body: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any) -> None:
+def _record(
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
     url = os.environ.get("TILECHORD_REDIS_URL")
     if not url or headers is None:
         return
     size = _wire_size(body, headers, properties or {})
-    entry = json.dumps({"task": headers.get("task"), "id": headers.get("id"), "root": headers.get("root_id"), "size": size})
+    entry = json.dumps(
+        {"task": headers.get("task"), "id": headers.get("id"), "root": headers.get("root_id"), "size": size}
+    )
     client = redis.Redis.from_url(url)
     client.rpush(MESSAGES_KEY, entry)
     client.expire(MESSAGES_KEY, 3600)
     client.close()
+
+
+# --------------------------------------------------------------------- test operations
+import time as _time  # noqa: E402
+
+from PIL import Image, ImageFilter  # noqa: E402
+
+import tilechord  # noqa: E402
+
+
+@tilechord.operation("test_slow", kind="pixel", bounds={"seconds": (0, 30)})
+def test_slow(image: Image.Image, seconds: float = 1.0) -> Image.Image:
+    """Sleep, then return the image unchanged: a tile that takes long enough to kill."""
+    if image.width * image.height > 100:  # not on the client's tiny dry-run image
+        _time.sleep(seconds)
+    return image.copy()
+
+
+@tilechord.operation("test_explode", kind="pixel")
+def test_explode(image: Image.Image, below: int = 1) -> Image.Image:
+    """Raise on any tile smaller than `below` pixels wide (a task that fails)."""
+    if 10 <= image.width < below:  # (the client's dry-run image is 8 px wide)
+        raise RuntimeError(f"boom on a {image.width}-pixel-wide tile")
+    return image.copy()
+
+
+@tilechord.operation("test_mode_filter", reach=lambda p: p["size"] // 2, bounds={"size": (3, 9)})
+def test_mode_filter(image: Image.Image, size: int = 3) -> Image.Image:
+    """A custom neighbourhood operation: Pillow's ModeFilter."""
+    return image.filter(ImageFilter.ModeFilter(size))
