@@ -464,6 +464,8 @@ class Pipeline:
         for step in self.steps:
             try:
                 out = step.apply(probe)
+            except TilechordError:
+                raise  # the operation's own, already precise, error
             except (ValueError, OSError, TypeError, NotImplementedError) as exc:
                 raise UnsupportedMode(
                     f"{step.spec} cannot work on mode {probe.mode} images ({exc}); "
