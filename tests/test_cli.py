@@ -120,6 +120,9 @@ def test_run_without_redis_matches_pillow_and_leaves_no_process(
     assert photo_jpeg.read_bytes() == before
     assert wait_until_gone(marker) == []
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_run_against_configured_redis_is_served_by_a_separately_started_worker(

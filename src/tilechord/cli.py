@@ -36,6 +36,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise InvalidImage(f"output directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would; mkstemp makes files private
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
