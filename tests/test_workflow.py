@@ -165,3 +165,50 @@ def test_twenty_jobs_leave_no_tilechord_keys_and_celery_results_expire(
             (b"celery-task-meta-", b"chord-unlock")
         ):
             assert redis_client.ttl(key) > 0, key
+
+
+def test_custom_plugin_operation_runs_on_real_workers_seam_free_on_a_3x3_grid(client: Client) -> None:
+    image = photo(95, 71, mode="L", seed=12)
+    result = client.process_image(image, ["test_mode_filter:size=5"], grid=(3, 3))
+    assert_same(result, image.filter(ImageFilter.ModeFilter(5)))
+
+
+def test_python_api_without_redis_starts_one_local_cluster_and_stops_it_at_exit(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from test_cli import wait_until_gone
+
+    marker = uuid.uuid4().hex
+    script = tmp_path / "use_api.py"
+    script.write_text(
+        "import os, sys, io, tilechord\n"
+        "from PIL import Image, ImageFilter\n"
+        "src = sys.argv[1]\n"
+        "from tilechord.cluster import shared_cluster\n"
+        "a = tilechord.process(src, ['gaussian_blur:radius=3'], format='PNG')\n"
+        "first = shared_cluster()\n"
+        "b = tilechord.process(src, ['invert'], grid=(2, 2), format='PNG')\n"
+        "assert shared_cluster() is first and first.running\n"
+        "ref = Image.open(src).filter(ImageFilter.GaussianBlur(3))\n"
+        "assert Image.open(io.BytesIO(a)).tobytes() == ref.tobytes()\n"
+        "print('one cluster')\n"
+    )
+    src = tmp_path / "in.png"
+    photo(80, 50).save(src)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILECHORD_")}
+    env["TILECHORD_TEST_MARKER"] = marker
+    env["TILECHORD_WORKERS"] = "2"
+    done = subprocess.run(
+        [sys.executable, str(script), str(src)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "one cluster"
+    assert wait_until_gone(marker) == []  # stopped at exit
