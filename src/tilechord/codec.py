@@ -117,10 +117,6 @@ class SourceInfo:
     size: tuple[int, int]
     frames: int = 1
 
-    @property
-    def pixels(self) -> int:
-        return self.size[0] * self.size[1]
-
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     pixels = size[0] * size[1]

@@ -33,11 +33,6 @@ class JobKeys:
         return ":".join((PREFIX, self.job_id, *(str(p) for p in parts)))
 
     @property
-    def pattern(self) -> str:
-        """Matches every key of this job (for tests and diagnostics, not hot paths)."""
-        return self._key("*")
-
-    @property
     def live(self) -> str:
         return self._key("live")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import enum
 import inspect
-import json
 import math
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -280,10 +279,6 @@ class Registry:
     def __len__(self) -> int:
         return len(self._ops)
 
-    def unregister(self, name: str) -> None:
-        """Remove *name*; for tests that register throwaway operations."""
-        self._ops.pop(name, None)
-
 
 registry = Registry()
 
@@ -425,10 +420,6 @@ class Pipeline:
         """The margin a tile needs: the sum of the steps' reaches."""
         return sum(step.reach for step in self.steps)
 
-    @property
-    def has_geometry(self) -> bool:
-        return any(step.kind is Kind.GEOMETRY for step in self.steps)
-
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
 
@@ -440,9 +431,6 @@ class Pipeline:
 
     def to_json(self) -> list[list[Any]]:
         return [step.to_json() for step in self.steps]
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: Iterable[Sequence[Any]], reg: Registry | None = None) -> Pipeline:

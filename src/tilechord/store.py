@@ -107,12 +107,6 @@ class BlobStore:
         assert isinstance(data, bytes)
         return data
 
-    def drop(self, *key_names: str) -> None:
-        """Free intermediate data early (tiles once merged); cleanup would catch it anyway."""
-        if key_names:
-            with _redis_errors(self.url):
-                self.client.delete(*key_names)
-
     # -- signalling -----------------------------------------------------------------
 
     def tile_done(self, keys: JobKeys) -> None:
