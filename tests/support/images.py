@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import io
 import random
 
@@ -53,3 +54,31 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def random_image(
+    mode: str, width: int, height: int, seed: int = 0, levels: int | None = None
+) -> Image.Image:
+    """Seeded random pixels in any mode: noise (every seam shows on it) or, with *levels*, few values.
+
+    *levels* picks each byte from that many values (flat areas, ties for rank filters,
+    thresholds that bite).  P and PA images get a random palette; F images get finite
+    floats (random bytes could be NaN).
+    """
+    rng = random.Random(f"{mode} {width}x{height} #{seed} levels={levels}")
+    if mode == "F":
+        values = [rng.uniform(-1000.0, 1000.0) for _ in range(levels or 0)]
+        pick = (lambda: rng.choice(values)) if levels else (lambda: rng.uniform(-1000.0, 1000.0))
+        data = array.array("f", (pick() for _ in range(width * height))).tobytes()
+        return Image.frombytes("F", (width, height), data)
+    length = len(Image.new(mode, (1, 1)).tobytes()) * width * height
+    if mode == "1":
+        length = (width + 7) // 8 * height
+    data = rng.randbytes(length)
+    if levels:
+        table = bytes(rng.randrange(256) for _ in range(levels))
+        data = data.translate(bytes(table[i % levels] for i in range(256)))
+    image = Image.frombytes(mode, (width, height), data)
+    if mode in ("P", "PA"):
+        image.putpalette(rng.randbytes(768))
+    return image
