@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import filters as _filters  # noqa: F401  (registers the built-in operations)
+from . import global_ops as _global_ops  # noqa: F401  (and the global ones)
 from .api import Client, Job, process, process_image, submit
 from .config import Settings
 from .errors import (

@@ -270,6 +270,7 @@ class Client:
         timeout: float | None,
     ) -> Job:
         pipeline, used, info, fmt = self.plan(data, ops, grid, format)
+        frames = codec.frame_count(info, fmt, self._requested.max_pixels)
         app = self.app
         keys = JobKeys(new_job_id())
         spec: JobSpec = {
@@ -277,6 +278,7 @@ class Client:
             "ops": pipeline.to_json(),
             "grid": [used.cols, used.rows],
             "format": fmt,
+            "frames": frames,
         }
         describe = (
             f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, grid {used}, [{pipeline}]"
@@ -289,7 +291,7 @@ class Client:
             app.store.cleanup(keys)
             raise
         limit = self._requested.job_timeout if timeout is None else timeout
-        return Job(self, keys, used.cols * used.rows, fmt, limit)
+        return Job(self, keys, used.cols * used.rows * frames, fmt, limit)
 
     def process(
         self,

@@ -33,6 +33,11 @@ __all__ = [
     "encode",
     "format_for_path",
     "check_format",
+    "MULTIFRAME_FORMATS",
+    "Timing",
+    "frame_count",
+    "decode_frames",
+    "encode_frames",
 ]
 
 RAW_MAGIC = b"TCRAW1\n"
@@ -172,6 +177,70 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+# Formats whose files Pillow writes with every frame (``save_all``).  Any other output
+# gets the first frame only, as ``Image.save`` would give it.
+MULTIFRAME_FORMATS = frozenset({"GIF", "PNG", "TIFF", "WEBP"})
+
+
+def frame_count(info: SourceInfo, fmt: str | None, max_pixels: int) -> int:
+    """How many frames a job processes: all of them when the output can hold them.
+
+    The pixel limit applies to the frames together, so a small file cannot make the
+    workers decode thousands of full-size frames.
+    """
+    if info.frames <= 1 or fmt not in MULTIFRAME_FORMATS:
+        return 1
+    _check_frames(info.size, info.frames, max_pixels)
+    return info.frames
+
+
+def _check_frames(size: tuple[int, int], frames: int, max_pixels: int) -> None:
+    pixels = size[0] * size[1] * frames
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"the image has {frames} frames of {size[0]}x{size[1]}, {pixels:,} pixels in all, "
+            f"over the limit of {max_pixels:,} (raise TILECHORD_MAX_PIXELS, or ask for a "
+            "single-frame output format such as JPEG to process the first frame only)"
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """An animation's timing: each frame's duration (ms) and the loop count."""
+
+    durations: tuple[int | float | None, ...] = ()
+    loop: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"durations": list(self.durations), "loop": self.loop}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Timing:
+        data = data or {}
+        return cls(tuple(data.get("durations") or ()), data.get("loop"))
+
+
+def decode_frames(data: bytes, max_pixels: int, count: int) -> tuple[list[Image.Image], Timing]:
+    """The first *count* frames of a source, each as Pillow loads it when seeking there."""
+    image = decode(data, max_pixels)
+    if count <= 1:
+        return [image], Timing()
+    _check_frames(image.size, count, max_pixels)
+    loop = image.info.get("loop")
+    frames: list[Image.Image] = []
+    durations: list[int | float | None] = []
+    fmt = image.format
+    try:
+        for index in range(count):
+            image.seek(index)
+            image.load()
+            frames.append(image.copy())
+            durations.append(image.info.get("duration"))
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"frame {len(frames) + 1} of the {fmt} image is damaged: {exc}") from None
+    return frames, Timing(tuple(durations), loop)
+
+
 def format_for_path(path: str) -> str:
     """The Pillow format name for an output path's extension."""
     Image.init()
@@ -236,9 +305,28 @@ def encode(image: Image.Image, fmt: str | None, source: Image.Image | None = Non
     """Encode the result; ``fmt=None`` keeps it raw (for :func:`tilechord.process_image`)."""
     if fmt is None:
         return pack_raw(image)
+    return _save(image, fmt, _save_options(source, image, fmt))
+
+
+def encode_frames(
+    frames: list[Image.Image], fmt: str | None, source: Image.Image | None, timing: Timing
+) -> bytes:
+    """Encode an animation as Pillow's ``save_all`` does, keeping durations and loop count."""
+    if len(frames) == 1 or fmt is None:
+        return encode(frames[0], fmt, source)
+    options = _save_options(source, frames[0], fmt)
+    options.update(save_all=True, append_images=frames[1:])
+    if timing.durations and all(d is not None for d in timing.durations):
+        options["duration"] = list(timing.durations)
+    if timing.loop is not None:
+        options["loop"] = timing.loop
+    return _save(frames[0], fmt, options)
+
+
+def _save(image: Image.Image, fmt: str, options: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     try:
-        image.save(buffer, fmt, **_save_options(source, image, fmt))
+        image.save(buffer, fmt, **options)
     except (OSError, ValueError, KeyError) as exc:
         raise UnsupportedFormat(f"cannot write a mode {image.mode} image as {fmt}: {exc}") from None
     return buffer.getvalue()

@@ -52,6 +52,19 @@ class JobKeys:
         return self._key("edited", index)
 
     @property
+    def plan(self) -> str:
+        """The job's layout (frame sizes, timing), written once by the split."""
+        return self._key("plan")
+
+    def partial(self, stage: int, index: int) -> str:
+        """One tile's share of a global operation's statistic (a histogram)."""
+        return self._key("partial", stage, index)
+
+    def statistic(self, stage: int) -> str:
+        """A global operation's statistic for the whole image, per frame."""
+        return self._key("statistic", stage)
+
+    @property
     def result(self) -> str:
         return self._key("result")
 

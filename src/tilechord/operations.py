@@ -37,6 +37,8 @@ __all__ = [
     "registry",
     "parse_pipeline",
     "OpSpec",
+    "Histogram",
+    "add_histograms",
 ]
 
 Box: TypeAlias = tuple[int, int, int, int]
@@ -158,6 +160,22 @@ def _convert(tp: type, value: Any) -> ParamValue:
 ReachFn: TypeAlias = Callable[[Mapping[str, Any]], int]
 BoxFn: TypeAlias = Callable[[Box, Size, Mapping[str, Any]], Box]
 SizeFn: TypeAlias = Callable[[Size, Mapping[str, Any]], Size]
+Histogram: TypeAlias = list[int]
+MeasureFn: TypeAlias = Callable[[Image.Image, Mapping[str, Any]], Histogram]
+ApplyFn: TypeAlias = Callable[[Image.Image, Histogram, Mapping[str, Any]], Image.Image]
+
+
+def add_histograms(parts: Iterable[Sequence[int]]) -> Histogram:
+    """The whole image's histogram from its tiles' (they partition the image)."""
+    total: Histogram = []
+    for part in parts:
+        if not total:
+            total = list(part)
+        elif len(part) != len(total):
+            raise TilechordError(f"histograms of different lengths ({len(part)} and {len(total)})")
+        else:
+            total = [a + b for a, b in zip(total, part, strict=True)]
+    return total
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,10 @@ class Operation:
     # Geometry operations say where a box of the image goes, and what size the image becomes.
     map_box: BoxFn | None = None
     map_size: SizeFn | None = None
+    # Global operations measure each tile (a histogram; the tiles' add up to the image's)
+    # and apply themselves to a tile with the whole image's histogram.
+    measure: MeasureFn | None = None
+    apply_measured: ApplyFn | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -240,6 +262,16 @@ class Step:
 
     def map_size(self, size: Size) -> Size:
         return size if self.op.map_size is None else self.op.map_size(size, self.params)
+
+    def measure(self, image: Image.Image) -> Histogram:
+        """This tile's share of the statistic a global step needs."""
+        assert self.op.measure is not None, f"{self.name} is not a global operation"
+        return self.op.measure(image, self.params)
+
+    def apply_measured(self, image: Image.Image, histogram: Histogram) -> Image.Image:
+        """Apply a global step to a tile as if to the whole image whose *histogram* it is."""
+        assert self.op.apply_measured is not None, f"{self.name} is not a global operation"
+        return self.op.apply_measured(image, histogram, self.params)
 
     def to_json(self) -> list[Any]:
         return [self.name, dict(self.params)]
@@ -322,6 +354,8 @@ def operation(
     choices: Mapping[str, Sequence[Any]] | None = None,
     map_box: BoxFn | None = None,
     map_size: SizeFn | None = None,
+    measure: MeasureFn | None = None,
+    apply_measured: ApplyFn | None = None,
     target: Registry | None = None,
 ) -> Callable[[Callable[..., Image.Image]], Callable[..., Image.Image]]:
     """Register ``func(image, **params) -> image`` as the operation *name*.
@@ -329,6 +363,10 @@ def operation(
     *reach* is how many pixels away an output pixel may look, as a number or a function
     of the parameters; it must never be too small, or tiled results show seams.  The
     function itself is returned unchanged, so it stays callable on a whole image.
+
+    A geometry operation also gives *map_box* and *map_size*; a global one gives
+    *measure* (a tile's histogram: the tiles' histograms add up to the image's) and
+    *apply_measured* (the operation on a tile, given the whole image's histogram).
 
     Example::
 
@@ -347,6 +385,8 @@ def operation(
         reach_fn = reach
     if kind is Kind.GEOMETRY and (map_box is None or map_size is None):
         raise TypeError(f"geometry operation {name!r} needs map_box and map_size")
+    if kind is Kind.GLOBAL and (measure is None or apply_measured is None):
+        raise TypeError(f"global operation {name!r} needs measure and apply_measured")
 
     def decorate(func: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
         params = _params_from_signature(func, bounds or {}, choices or {})
@@ -360,6 +400,8 @@ def operation(
             doc=doc.split("\n\n")[0].replace("\n", " "),
             map_box=map_box,
             map_size=map_size,
+            measure=measure,
+            apply_measured=apply_measured,
         )
         (registry if target is None else target).add(op)
         return func
@@ -437,6 +479,11 @@ class Pipeline:
         reg = registry if reg is None else reg
         return cls(tuple(reg.get(name).bind(params) for name, params in data))
 
+    @property
+    def global_steps(self) -> tuple[int, ...]:
+        """Where the global steps are: each one is a stage (measure, reduce) of the job."""
+        return tuple(i for i, step in enumerate(self.steps) if step.kind is Kind.GLOBAL)
+
     def output_size(self, size: Size) -> Size:
         for step in self.steps:
             size = step.map_size(size)
@@ -481,15 +528,30 @@ class Pipeline:
             image = step.apply(image)
         return image
 
-    def run_tile(self, piece: Image.Image, cut: Box, core: Box, size: Size) -> tuple[Image.Image, Box]:
+    def run_tile(
+        self,
+        piece: Image.Image,
+        cut: Box,
+        core: Box,
+        size: Size,
+        histograms: Mapping[int, Histogram] | None = None,
+        upto: int | None = None,
+    ) -> tuple[Image.Image, Box]:
         """Edit one tile: *piece* is the image's *cut* box (core plus halo) of an image of *size*.
 
         Returns the edited core and the box it occupies in the output image.  Geometry
         steps move the tile, so both boxes are carried through them; every other step
         keeps the size and spoils at most its reach of the halo, which the final crop drops.
+        Global steps use the whole image's histogram from *histograms* (by step index).
+        With *upto*, only the steps before that index run (to measure a global step's input).
         """
-        for step in self.steps:
-            out = step.apply(piece)
+        for number, step in enumerate(self.steps[:upto]):
+            if step.kind is Kind.GLOBAL:
+                if histograms is None or number not in histograms:
+                    raise TilechordError(f"step {number + 1} ({step.spec}) needs the image's histogram")
+                out = step.apply_measured(piece, histograms[number])
+            else:
+                out = step.apply(piece)
             if step.kind is Kind.GEOMETRY:
                 cut, core = step.map_box(cut, size), step.map_box(core, size)
                 size = step.map_size(size)

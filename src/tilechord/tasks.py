@@ -1,21 +1,31 @@
-"""The tasks and the canvas that joins them: ``split -> chord(edit x N) -> merge``.
+"""The tasks and the canvas that joins them.
 
-* ``tilechord.split`` decodes the source, cuts it into tiles with halos, stores them, and
-  replaces itself with the chord, so the job's id ends up naming the merge's result.
+A job with no global operation is ``split -> chord(edit x N) -> merge``:
+
+* ``tilechord.split`` decodes the source (every frame of an animation), cuts it into
+  tiles with halos, stores them, and replaces itself with the chord, so the job's id
+  ends up naming the merge's result.
 * ``tilechord.edit`` runs the pipeline on one tile and stores the trimmed core.
-* ``tilechord.merge`` pastes the cores into one image, encodes it, stores it and tells
-  the waiting client.
+* ``tilechord.merge`` pastes the cores into one image per frame, encodes it, stores it
+  and tells the waiting client.
+
+Each global operation (``contrast``, ``autocontrast``, ``equalize``) adds a stage before
+the edits: ``chord(stats x N) -> reduce``.  ``tilechord.stats`` runs the pipeline up to
+the global step on one tile and stores its core's histogram; ``tilechord.reduce`` adds
+them into the whole image's, stores it, and replaces itself with the next stage.  Later
+stages apply the global step with that histogram, so every tile sees the same statistic.
 
 Messages carry the job id, tile geometry and the pipeline: a few hundred bytes whatever
-the image size.  Pixels stay in Redis (:mod:`tilechord.store`).  Tasks are idempotent
-(they write keys derived from the job id and tile), so a task re-run after its worker
-was killed is harmless.
+the image size.  Pixels and histograms stay in Redis (:mod:`tilechord.store`).  Tasks are
+idempotent (they write keys derived from the job id and tile), so a task re-run after its
+worker was killed is harmless.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +39,7 @@ from . import codec
 from .errors import TilechordError
 from .geometry import Grid, tiles
 from .keys import JobKeys
-from .operations import Pipeline
+from .operations import Histogram, Pipeline, add_histograms
 from .store import JobGone
 
 if TYPE_CHECKING:
@@ -39,7 +49,9 @@ __all__ = ["register_tasks", "split_signature", "JobSpec"]
 
 logger = get_task_logger("tilechord")
 
-JobSpec = dict[str, Any]  # {"job", "ops", "grid", "format"}: json, small
+JobSpec = dict[str, Any]  # {"job", "ops", "grid", "format", "frames"}: json, small
+TileSpec = dict[str, Any]  # {"index", "frame", "cut", "box", "size", "label"}: one tile's task
+Plan = dict[str, Any]  # {"sizes": [[w, h] per frame], "timing": {...}}: stored by the split
 
 
 def _short(pipeline: Pipeline) -> str:
@@ -83,6 +95,86 @@ def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
     )
 
 
+def job_tiles(spec: JobSpec, plan: Plan, halo: int) -> list[TileSpec]:
+    """Every tile of every frame, numbered across frames: the same list in every task."""
+    grid = Grid(*spec["grid"])
+    frames = len(plan["sizes"])
+    out: list[TileSpec] = []
+    for frame, (width, height) in enumerate(plan["sizes"]):
+        for tile in tiles(width, height, grid, halo):
+            label = tile.describe() if frames == 1 else f"frame {frame + 1}/{frames}, {tile.describe()}"
+            out.append(
+                {
+                    "index": len(out),
+                    "frame": frame,
+                    "cut": list(tile.cut),
+                    "box": list(tile.box),
+                    "size": [width, height],
+                    "label": label,
+                }
+            )
+    return out
+
+
+def _box(values: list[int]) -> tuple[int, int, int, int]:
+    return (values[0], values[1], values[2], values[3])
+
+
+def _load_json(app: TilechordCelery, keys: JobKeys, key: str) -> Any:
+    return json.loads(app.store.get(keys, key))
+
+
+def _histograms(
+    app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, frame: int, stages: int
+) -> dict[int, Histogram]:
+    """The whole image's histograms of the first *stages* global steps, for one frame."""
+    steps = pipeline.global_steps
+    return {steps[s]: _load_json(app, keys, keys.statistic(s))[frame] for s in range(stages)}
+
+
+def _next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> Any:
+    """The chord after *stage* reduces: the next global step's stats, or the edits and merge."""
+    job = spec["job"]
+    keys = JobKeys(job)
+    pipeline = Pipeline.from_json(spec["ops"])
+    parts = job_tiles(spec, plan, pipeline.halo)
+    short = _short(pipeline)
+    if stage < len(pipeline.global_steps):
+        step = pipeline.steps[pipeline.global_steps[stage]]
+        header = group(
+            app.tasks["tilechord.stats"]
+            .si(job, spec["ops"], stage, tile)
+            .set(
+                task_id=keys.task_id(f"stats{stage}", tile["index"]),
+                argsrepr=f"job {job}: histogram for {step.spec}, {tile['label']} [{short}]",
+            )
+            for tile in parts
+        )
+        body = (
+            app.tasks["tilechord.reduce"]
+            .si(spec, stage)
+            .set(argsrepr=f"job {job}: add {len(parts)} histograms for {step.spec}")
+        )
+        return chord(header, body)
+    header = group(
+        app.tasks["tilechord.edit"]
+        .si(job, spec["ops"], tile)
+        .set(task_id=keys.task_id("edit", tile["index"]), argsrepr=f"job {job}: {tile['label']} [{short}]")
+        for tile in parts
+    )
+    sizes = [pipeline.output_size((w, h)) for w, h in plan["sizes"]]
+    frames = f"{len(sizes)} frames of " if len(sizes) > 1 else ""
+    body = (
+        app.tasks["tilechord.merge"]
+        .si(spec)
+        .set(
+            argsrepr=f"job {job}: {len(parts)} tiles -> {frames}"
+            f"{sizes[0][0]}x{sizes[0][1]} {spec['format'] or 'raw'}"
+        )
+    )
+    return chord(header, body)
+
+
 def register_tasks(app: TilechordCelery) -> None:
     """Define tilechord's tasks on *app* (an app factory, so each app has its own)."""
     store = app.store
@@ -104,84 +196,94 @@ def register_tasks(app: TilechordCelery) -> None:
         pipeline = Pipeline.from_json(spec["ops"])
         with _reported(app, keys, "split"):
             source = store.get(keys, keys.source)
-            image = codec.decode(source, settings.max_pixels)
-            grid = Grid(*spec["grid"])
-            parts = tiles(image.width, image.height, grid, pipeline.halo)
-            for tile in parts:
-                store.put(keys, keys.tile(tile.index), codec.pack_raw(image.crop(tile.cut)))
-            size = list(image.size)
-        header = group(
-            app.tasks["tilechord.edit"]
-            .si(spec["job"], spec["ops"], tile.index, tile.count, list(tile.cut), list(tile.box), size)
-            .set(
-                task_id=keys.task_id("edit", tile.index),
-                argsrepr=f"job {spec['job']}: {tile.describe()} [{_short(pipeline)}]",
+            frames, timing = codec.decode_frames(source, settings.max_pixels, int(spec.get("frames", 1)))
+            plan: Plan = {"sizes": [list(f.size) for f in frames], "timing": timing.to_json()}
+            for tile in job_tiles(spec, plan, pipeline.halo):
+                piece = frames[tile["frame"]].crop(_box(tile["cut"]))
+                store.put(keys, keys.tile(tile["index"]), codec.pack_raw(piece))
+            store.put(keys, keys.plan, json.dumps(plan).encode())
+        return self.replace(_next_stage(app, spec, plan, 0))
+
+    @task("tilechord.stats")
+    def stats(self: Task, job: str, ops: list[Any], stage: int, tile: TileSpec) -> dict[str, Any]:
+        keys = JobKeys(job)
+        with _reported(app, keys, f"histogram of {tile['label']}"):
+            pipeline = Pipeline.from_json(ops)
+            step = pipeline.global_steps[stage]
+            piece, _ = codec.unpack_raw(store.get(keys, keys.tile(tile["index"])))
+            known = _histograms(app, keys, pipeline, tile["frame"], stage)
+            out, _ = pipeline.run_tile(
+                piece, _box(tile["cut"]), _box(tile["box"]), (tile["size"][0], tile["size"][1]), known, step
             )
-            for tile in parts
-        )
-        out_size = list(pipeline.output_size((image.width, image.height)))
-        body = (
-            app.tasks["tilechord.merge"]
-            .si(spec, len(parts), out_size)
-            .set(
-                argsrepr=f"job {spec['job']}: {len(parts)} tiles -> "
-                f"{out_size[0]}x{out_size[1]} {spec['format'] or 'raw'}"
-            )
-        )
-        return self.replace(chord(header, body))
+            histogram = pipeline.steps[step].measure(out)
+            store.put(keys, keys.partial(stage, tile["index"]), json.dumps(histogram).encode())
+        return {"tile": tile["index"], "stage": stage, "pixels": sum(histogram)}
+
+    @task("tilechord.reduce")
+    def reduce(self: Task, spec: JobSpec, stage: int) -> Any:
+        keys = JobKeys(spec["job"])
+        with _reported(app, keys, f"reduce of stage {stage + 1}"):
+            plan: Plan = _load_json(app, keys, keys.plan)
+            pipeline = Pipeline.from_json(spec["ops"])
+            by_frame: list[list[Histogram]] = [[] for _ in plan["sizes"]]
+            for tile in job_tiles(spec, plan, pipeline.halo):
+                by_frame[tile["frame"]].append(_load_json(app, keys, keys.partial(stage, tile["index"])))
+            whole = [add_histograms(parts) for parts in by_frame]
+            store.put(keys, keys.statistic(stage), json.dumps(whole).encode())
+        return self.replace(_next_stage(app, spec, plan, stage + 1))
 
     @task("tilechord.edit")
-    def edit(
-        self: Task,
-        job: str,
-        ops: list[Any],
-        index: int,
-        count: int,
-        cut: list[int],
-        box: list[int],
-        size: list[int],
-    ) -> dict[str, Any]:
+    def edit(self: Task, job: str, ops: list[Any], tile: TileSpec) -> dict[str, Any]:
         keys = JobKeys(job)
-        where = f"edit of tile {index + 1}/{count}"
-        with _reported(app, keys, where):
+        with _reported(app, keys, f"edit of {tile['label']}"):
             pipeline = Pipeline.from_json(ops)
-            piece, _ = codec.unpack_raw(store.get(keys, keys.tile(index)))
+            piece, _ = codec.unpack_raw(store.get(keys, keys.tile(tile["index"])))
+            known = _histograms(app, keys, pipeline, tile["frame"], len(pipeline.global_steps))
             out, dest = pipeline.run_tile(
-                piece,
-                (cut[0], cut[1], cut[2], cut[3]),
-                (box[0], box[1], box[2], box[3]),
-                (size[0], size[1]),
+                piece, _box(tile["cut"]), _box(tile["box"]), (tile["size"][0], tile["size"][1]), known
             )
-            store.put(keys, keys.edited(index), codec.pack_raw(out, {"box": list(dest)}))
+            store.put(keys, keys.edited(tile["index"]), codec.pack_raw(out, {"box": list(dest)}))
             store.tile_done(keys)
-        return {"tile": index, "box": list(dest)}
+        return {"tile": tile["index"], "box": list(dest)}
 
     @task("tilechord.merge")
-    def merge(self: Task, spec: JobSpec, count: int, size: list[int]) -> dict[str, Any]:
+    def merge(self: Task, spec: JobSpec) -> dict[str, Any]:
         keys = JobKeys(spec["job"])
         with _reported(app, keys, "merge"):
-            canvas: Image.Image | None = None
-            for index in range(count):
-                piece, extra = codec.unpack_raw(store.get(keys, keys.edited(index)))
+            plan: Plan = _load_json(app, keys, keys.plan)
+            pipeline = Pipeline.from_json(spec["ops"])
+            canvases: list[Image.Image | None] = [None] * len(plan["sizes"])
+            for tile in job_tiles(spec, plan, pipeline.halo):
+                piece, extra = codec.unpack_raw(store.get(keys, keys.edited(tile["index"])))
+                frame = tile["frame"]
+                canvas = canvases[frame]
                 if canvas is None:
-                    canvas = Image.new(piece.mode, (size[0], size[1]))
-                    if piece.mode in ("P", "PA") and piece.palette is not None:
-                        canvas.putpalette(piece.getpalette(piece.palette.mode) or [], piece.palette.mode)
-                    if "transparency" in piece.info:
-                        canvas.info["transparency"] = piece.info["transparency"]
-                x0, y0 = extra["box"][:2]
-                canvas.paste(piece, (x0, y0))
-            assert canvas is not None
+                    canvas = canvases[frame] = _blank_like(piece, pipeline.output_size(tuple(tile["size"])))
+                canvas.paste(piece, tuple(extra["box"][:2]))
+            frames = [c for c in canvases if c is not None]
             source = store.get(keys, keys.source)
             original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
-            data = codec.encode(canvas, spec["format"], original)
+            data = codec.encode_frames(
+                frames, spec["format"], original, codec.Timing.from_json(plan["timing"])
+            )
             store.put(keys, keys.result, data)
             store.notify(keys, {"ok": True})
         return {
-            "size": list(canvas.size),
-            "mode": canvas.mode,
+            "size": list(frames[0].size),
+            "mode": frames[0].mode,
+            "frames": len(frames),
             "format": spec["format"] or "raw",
             "bytes": len(data),
         }
 
-    del split, edit, merge  # registered on the app; reach them through app.tasks
+    del split, stats, reduce, edit, merge  # registered on the app; reach them through app.tasks
+
+
+def _blank_like(piece: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An empty canvas of *size* in the mode, palette and transparency of an edited tile."""
+    canvas = Image.new(piece.mode, size)
+    if piece.mode in ("P", "PA") and piece.palette is not None:
+        canvas.putpalette(piece.getpalette(piece.palette.mode) or [], piece.palette.mode)
+    if "transparency" in piece.info:
+        canvas.info["transparency"] = piece.info["transparency"]
+    return canvas
