@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -134,15 +135,35 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise InvalidImage(f"image has no pixels ({size[0]}x{size[1]})")
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """``Image.open`` with our pixel limit in place of Pillow's.
+
+    Pillow warns above 89 MP and refuses above 179 MP, whatever TILECHORD_MAX_PIXELS says.
+    Its check runs on the header alone, before any pixel is decoded; so does ours
+    (:func:`_check_pixels`), with the configured limit and a message naming the setting.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            pass
+        with _PILLOW_LIMIT:  # read the header again with Pillow's own ceiling lifted
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("the input is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image rejected as a decompression bomb: {exc}") from None
+        image = _open_header(data)
     except UnidentifiedImageError:
         raise InvalidImage(
             "the input is not an image in a format Pillow can read "
