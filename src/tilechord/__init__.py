@@ -2,6 +2,8 @@
 
 >>> import tilechord
 >>> data = tilechord.process("photo.jpg", ["grayscale", "gaussian_blur:radius=4"], grid=(2, 1))
+>>> for result in tilechord.map(["a.jpg", "b.png"], ["sharpen"]):  # as each finishes
+...     print(result.source, result.error or len(result.data))
 
 ``celery -A tilechord worker`` runs a worker; ``tilechord --help`` the command line.
 """
@@ -12,7 +14,7 @@ from typing import Any
 
 from . import filters as _filters  # noqa: F401  (registers the built-in operations)
 from . import global_ops as _global_ops  # noqa: F401  (and the global ones)
-from .api import Client, Job, process, process_image, submit
+from .api import Client, Job, MapProgress, MapResult, map, process, process_image, submit
 from .config import Settings
 from .errors import (
     BrokerUnavailable,
@@ -37,8 +39,11 @@ __all__ = [
     "process",
     "process_image",
     "submit",
+    "map",
     "Client",
     "Job",
+    "MapResult",
+    "MapProgress",
     "Settings",
     "operation",
     "registry",

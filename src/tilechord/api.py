@@ -10,13 +10,16 @@ Redis plus a worker pool) is started on first use and stopped at exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable, Sized
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, TypeAlias
 
+import redis
 from celery.result import AsyncResult
 from PIL import Image
 
@@ -38,13 +41,28 @@ from .operations import OpSpec, Pipeline, parse_pipeline
 from .store import BlobStore
 from .tasks import JobSpec, split_signature
 
-__all__ = ["Client", "Job", "process", "process_image", "submit", "read_source", "Source", "GridSpec"]
+__all__ = [
+    "Client",
+    "Job",
+    "MapResult",
+    "MapProgress",
+    "process",
+    "process_image",
+    "submit",
+    "map",
+    "read_source",
+    "Source",
+    "GridSpec",
+]
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
 
 DEFAULT_GRID = (2, 1)
 _POLL = 0.5  # seconds between checks of Celery's own state while waiting
+
+#: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
+ProgressCallback: TypeAlias = "Callable[[int, int], object]"
 
 
 def read_source(source: Source, max_bytes: int) -> bytes:
@@ -114,11 +132,13 @@ class Job:
             return (self.tiles, self.tiles)
         return (min(self.tiles, self._client.store.tiles_done(self._keys)), self.tiles)
 
-    def get(self, timeout: float | None = None) -> bytes:
+    def get(self, timeout: float | None = None, *, on_progress: ProgressCallback | None = None) -> bytes:
         """Wait for the result (``timeout`` seconds, default the job's), then clean up.
 
-        Raises the job's typed error (:class:`InvalidImage`, :class:`JobFailed` ...), or
-        :class:`JobTimeout`; the job's data is deleted from Redis in every case.
+        ``on_progress(tiles_done, tiles_total)`` is called (in this thread) whenever the
+        count of edited tiles changes, and once more at the end.  Raises the job's typed
+        error (:class:`InvalidImage`, :class:`JobFailed` ...), or :class:`JobTimeout`; the
+        job's data is deleted from Redis in every case.
         """
         if self._result is not None:
             return self._result
@@ -127,27 +147,44 @@ class Job:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         store = self._client.store
+        seen = -1
         try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._timeout(limit)
                 message = store.wait(self._keys, min(_POLL, remaining))
+                if message is None:
+                    message = self._poll_failure()
+                if on_progress is not None:
+                    done = self.tiles if message is not None and message.get("ok") else self.progress()[0]
+                    if done != seen:
+                        seen = done
+                        on_progress(done, self.tiles)
                 if message is not None:
-                    break
-                state = self._async_result().state
-                if state == "FAILURE":
-                    message = self._failure_message()
-                    break
-            if not message.get("ok"):
-                raise error_from_name(message.get("error", "JobFailed"), message.get("message", ""))
-            self._result = store.get(self._keys, self._keys.result)
-            return self._result
+                    return self._settle(message)
         except TilechordError as exc:
             self._error = exc
             raise
         finally:
             self._cleanup()
+
+    def _settle(self, message: dict[str, Any]) -> bytes:
+        """Turn the job's end message into its result, or raise its typed error."""
+        try:
+            if not message.get("ok"):
+                raise error_from_name(message.get("error", "JobFailed"), message.get("message", ""))
+            self._result = self._client.store.get(self._keys, self._keys.result)
+            return self._result
+        except TilechordError as exc:
+            self._error = exc
+            raise
+
+    def _poll_failure(self) -> dict[str, Any] | None:
+        """Celery's own record, for failures the tasks could not report themselves."""
+        if self._async_result().state == "FAILURE":
+            return self._failure_message()
+        return None
 
     def _failure_message(self) -> dict[str, Any]:
         # A failure the tasks could not report themselves (a task killed too often, a
@@ -180,6 +217,75 @@ class Job:
         self._async_result().revoke()
         self._error = JobTimeout(f"job {self.id} was cancelled")
         self._cleanup()
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """One source's outcome in :meth:`Client.map`: its encoded result, or why it failed.
+
+    Failures come back as values, not exceptions, so one bad image never stops a batch.
+    """
+
+    index: int  #: the source's position in the sources given
+    source: Source  #: the source as given (a path, bytes or a file object)
+    data: bytes | None = None  #: the encoded result, when the job succeeded
+    error: TilechordError | None = None  #: the typed error, when it failed
+    job_id: str | None = None  #: ``None`` when the job failed before it was submitted
+    tiles: int = 0  #: tiles the job was cut into
+    seconds: float = 0.0  #: from submission to the end of the job
+
+    def __repr__(self) -> str:
+        what = f"{len(self.data):,} bytes" if self.data is not None else f"{type(self.error).__name__}"
+        return f"<MapResult #{self.index} {what}>"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> bytes:
+        """The result's bytes, or raise the job's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.data is not None
+        return self.data
+
+
+@dataclass(frozen=True)
+class MapProgress:
+    """Where a :meth:`Client.map` stands, passed to its ``on_progress`` callback."""
+
+    done: int  #: sources finished, successfully or not
+    failed: int  #: of those, how many failed
+    total: int | None  #: sources in all, when known (the sources were a sized collection)
+    running: int  #: jobs in flight
+    tiles_done: int  #: tiles edited, over every job submitted so far
+    tiles_total: int  #: tiles of every job submitted so far
+
+
+MapProgressCallback: TypeAlias = "Callable[[MapProgress], object]"
+
+
+class _Flight:
+    """A job in flight in :meth:`Client.map`."""
+
+    __slots__ = ("index", "job", "source", "started")
+
+    def __init__(self, index: int, source: Source, job: Job) -> None:
+        self.index = index
+        self.source = source
+        self.job = job
+        self.started = time.monotonic()
+
+    def outcome(self, data: bytes | None = None, error: TilechordError | None = None) -> MapResult:
+        return MapResult(
+            self.index,
+            self.source,
+            data,
+            error,
+            self.job.id,
+            self.job.tiles,
+            time.monotonic() - self.started,
+        )
 
 
 class Client:
@@ -321,6 +427,123 @@ class Client:
         result, _ = codec.unpack_raw(job.get())
         return result
 
+    def map(
+        self,
+        sources: Iterable[Source],
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        format: str | None = None,
+        timeout: float | None = None,
+        jobs: int | None = None,
+        on_progress: MapProgressCallback | None = None,
+    ) -> Generator[MapResult, None, None]:
+        """Run the same pipeline on every source, one job each; yield outcomes as they finish.
+
+        At most *jobs* jobs are in flight at once (default: twice the configured workers),
+        so a long batch neither floods Redis with sources nor reads them all into memory:
+        a source is read only when its job is submitted.  Every source yields exactly one
+        :class:`MapResult`, in completion order (``index`` gives the position); a bad image
+        is a failed result, not an exception.  A malformed pipeline or grid raises at once,
+        and a lost broker raises :class:`BrokerUnavailable`.  ``on_progress`` is called
+        with a :class:`MapProgress` (in this thread) whenever something changes.  Closing
+        the iterator early cancels the jobs still in flight.
+        """
+        limit = 2 * max(1, self._requested.workers) if jobs is None else jobs
+        if limit < 1:
+            raise ValueError(f"jobs must be at least 1, not {limit}")
+        pipeline = parse_pipeline(ops)
+        if not (isinstance(grid, str) and grid.strip().lower() == "auto"):
+            parse_grid(grid, max_side=self._requested.max_side)
+        total = len(sources) if isinstance(sources, Sized) else None
+        pending = enumerate(sources)
+        flying: dict[str, _Flight] = {}  # by the job's "done" key
+        done = failed = tiles_finished = tiles_total = 0
+        reported: MapProgress | None = None
+
+        def report() -> None:
+            nonlocal reported
+            if on_progress is None:
+                return
+            running = sum(min(f.job.tiles, self.store.tiles_done(f.job._keys)) for f in flying.values())
+            now = MapProgress(done, failed, total, len(flying), tiles_finished + running, tiles_total)
+            if now != reported:
+                reported = now
+                on_progress(now)
+
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(flying) < limit:
+                    try:
+                        index, source = next(pending)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    started = time.monotonic()
+                    try:
+                        job = self.submit(source, pipeline, grid=grid, format=format, timeout=timeout)
+                    except BrokerUnavailable:
+                        raise
+                    except TilechordError as exc:
+                        done += 1
+                        failed += 1
+                        report()
+                        yield MapResult(index, source, error=exc, seconds=time.monotonic() - started)
+                        continue
+                    flying[job._keys.done] = _Flight(index, source, job)
+                    tiles_total += job.tiles
+                report()
+                if not flying:
+                    if exhausted:
+                        return
+                    continue
+                for result in self._finished(flying):
+                    done += 1
+                    tiles_finished += result.tiles
+                    failed += 0 if result.ok else 1
+                    report()
+                    yield result
+        finally:
+            for flight in flying.values():
+                with contextlib.suppress(Exception):
+                    flight.job.cancel()
+
+    def _finished(self, flying: dict[str, _Flight]) -> list[MapResult]:
+        """Wait up to a poll interval for jobs in *flying* to end; remove and return them."""
+        ended: list[MapResult] = []
+        client = self.store.client
+        try:
+            item = client.blpop(list(flying), timeout=_POLL)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"lost the connection to Redis at {redact_url(self.store.url)}: {exc}"
+            ) from None
+        messages: dict[str, dict[str, Any]] = {}
+        if item is not None:
+            key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
+            messages[key] = json.loads(item[1])
+        now = time.monotonic()
+        for key, flight in list(flying.items()):
+            job = flight.job
+            message = messages.get(key)
+            try:
+                if message is None:
+                    if now - flight.started > job.timeout:
+                        raise job._timeout(job.timeout)
+                    message = job._poll_failure()
+                if message is None:
+                    continue
+                ended.append(flight.outcome(data=job._settle(message)))
+            except BrokerUnavailable:
+                raise
+            except TilechordError as exc:
+                job._error = exc
+                ended.append(flight.outcome(error=exc))
+            del flying[key]
+            job._cleanup()
+        return ended
+
     def close(self) -> None:
         with self._lock:
             if self._app is not None:
@@ -376,3 +599,25 @@ def process_image(
 ) -> Image.Image:
     """Edit an in-memory PIL image on the cluster; returns a new PIL image."""
     return _client().process_image(image, ops, grid=grid, timeout=timeout)
+
+
+def map(
+    sources: Iterable[Source],
+    ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
+    *,
+    grid: GridSpec = DEFAULT_GRID,
+    format: str | None = None,
+    timeout: float | None = None,
+    jobs: int | None = None,
+    on_progress: MapProgressCallback | None = None,
+) -> Generator[MapResult, None, None]:
+    """Edit many images, one job each, a bounded number at a time; yield each as it ends.
+
+    >>> for r in tilechord.map(["a.jpg", "b.png"], ["sharpen"]):
+    ...     print(r.source, r.error or len(r.data))
+
+    See :meth:`Client.map`.
+    """
+    return _client().map(
+        sources, ops, grid=grid, format=format, timeout=timeout, jobs=jobs, on_progress=on_progress
+    )

@@ -1,0 +1,332 @@
+"""Batches: `tilechord run a b c -o out/` and `tilechord.map`, through the session's real workers.
+
+Every output is compared with Pillow run directly on the whole image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from images import photo
+from PIL import Image, ImageFilter, ImageOps
+
+import tilechord
+from tilechord import Client, InvalidImage, MapProgress, MapResult, UnknownOperation
+from tilechord.cli import plan_outputs, safe_name
+from tilechord.cluster import WorkerPool
+
+BLUR = "gaussian_blur:radius=3"
+
+
+def blurred(path: Path | bytes) -> Image.Image:
+    """Pillow's own answer for --op gaussian_blur:radius=3, on the whole image."""
+    image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
+    return image.filter(ImageFilter.GaussianBlur(3))
+
+
+def same_pixels(result: Image.Image, expected: Image.Image) -> bool:
+    return (result.mode, result.size, result.tobytes()) == (expected.mode, expected.size, expected.tobytes())
+
+
+def run_cli(*args: str, redis_url: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILECHORD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tilechord", "run", *args, "--redis", redis_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def fifty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], list[str]]:
+    """48 good images in assorted sizes and formats, one non-image, one truncated JPEG."""
+    folder = tmp_path_factory.mktemp("fifty")
+    good = []
+    for i in range(48):
+        ext = ("jpg", "png", "tif")[i % 3]
+        name = f"img-{i:02d}.{ext}"
+        photo(60 + i, 40 + (i * 7) % 30, seed=i).save(folder / name)
+        good.append(name)
+    (folder / "notes.jpg").write_text("not an image at all\n")
+    whole = io.BytesIO()
+    photo(300, 200, seed=99).save(whole, "JPEG", quality=90)
+    (folder / "truncated.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 3])
+    return folder, good, ["notes.jpg", "truncated.jpg"]
+
+
+def test_batch_of_50_with_2_corrupt_writes_48_correct_outputs_names_2_errors_and_exits_1(
+    worker: WorkerPool, redis_url: str, fifty: tuple[Path, list[str], list[str]], tmp_path: Path
+) -> None:
+    folder, good, bad = fifty
+    out = tmp_path / "out"
+    done = run_cli(str(folder), "-o", f"{out}/", "--op", BLUR, "--grid", "2x2", "--format", "png",
+                   redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(n).stem + ".png" for n in good)
+    for name in good:
+        assert same_pixels(Image.open(out / (Path(name).stem + ".png")), blurred(folder / name)), name
+    errors = [line for line in done.stderr.splitlines() if line.startswith("tilechord: error: ")]
+    assert len(errors) == 2, done.stderr
+    for name in bad:
+        assert sum(f"{folder / name}: " in e for e in errors) == 1, (name, errors)
+    assert any("not an image" in e for e in errors)
+    # plain lines, one per image, then a summary (stdout is not a terminal here)
+    lines = done.stdout.splitlines()
+    assert sum(" ok " in line for line in lines) == 48
+    assert sum(" failed " in line for line in lines) == 2
+    summary = rf"48 of 50 images written to {re.escape(str(out))}, 2 failed; 192 tiles in [\d.]+ s "
+    assert re.fullmatch(summary + r"\([\d.]+ images/s\)", lines[-1]), lines[-1]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_every_finished_image_is_reported_with_its_tiles_and_a_running_rate(
+    worker: WorkerPool, redis_url: str, tmp_path: Path
+) -> None:
+    for i in range(3):
+        photo(80, 60, seed=i).save(tmp_path / f"p{i}.png")
+    out = tmp_path / "out"
+    done = run_cli(*(str(tmp_path / f"p{i}.png") for i in range(3)), "-o", str(out), "--op", BLUR,
+                   "--grid", "3x2", redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4
+    for line in lines[:3]:
+        pattern = r"\[\d/3\] ok     \S+p\d\.png -> \S+p\d\.png \(6 tiles, [\d.]+ s, [\d.]+ images/s\)"
+        assert re.fullmatch(pattern, line), line
+    assert lines[3].startswith("3 of 3 images written to") and "18 tiles" in lines[3]
+    assert done.stderr == ""
+
+
+def test_quiet_prints_nothing_but_errors(worker: WorkerPool, redis_url: str, tmp_path: Path) -> None:
+    photo(50, 40, seed=1).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG but not really")
+    done = run_cli(str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"), "-q",
+                   "--op", BLUR, redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2 and "b.png: " in lines[0] and lines[1].endswith("1 of 2 images failed")
+    assert same_pixels(Image.open(tmp_path / "out" / "a.png"), blurred(tmp_path / "a.png"))
+
+
+def test_a_quoted_glob_and_a_directory_expand_to_their_images(
+    worker: WorkerPool, redis_url: str, tmp_path: Path
+) -> None:
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        photo(40, 30, seed=len(name)).save(shots / name)
+    (shots / "readme.txt").write_text("not an image, not picked from a directory\n")
+    (shots / ".hidden.png").write_bytes(b"")
+    done = run_cli(str(shots / "*.png"), "-o", str(tmp_path / "globbed"), "--op", "invert",
+                   redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "globbed").iterdir()) == ["a.png", "b.png"]
+    expected = ImageOps.invert(Image.open(shots / "b.png"))
+    assert same_pixels(Image.open(tmp_path / "globbed" / "b.png"), expected)
+    done = run_cli(str(shots), "-o", str(tmp_path / "all"), "--op", "invert", redis_url=redis_url)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["a.png", "b.png", "c.jpg"]
+    assert Image.open(tmp_path / "all" / "c.jpg").format == "JPEG"  # each input's own format
+
+
+def test_a_nasty_input_name_cannot_write_outside_the_output_directory(
+    worker: WorkerPool, redis_url: str, tmp_path: Path
+) -> None:
+    nasty = "..\\..\\evil\n\x1b[31m.png"  # backslashes, a newline, an escape sequence
+    src = tmp_path / "in"
+    src.mkdir()
+    photo(40, 30, seed=3).save(src / nasty, "PNG")
+    photo(40, 30, seed=4).save(src / "...png", "PNG")
+    out = tmp_path / "out"
+    done = run_cli(str(src / nasty), str(src / "...png"), "-o", str(out), "--op", "invert",
+                   redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout  # names are shown escaped, never as terminal controls
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([safe_name("..\\..\\evil\n\x1b[31m", ".png"), safe_name("..", ".png")])
+    for name in written:
+        assert "\n" not in name and "\\" not in name and "\x1b" not in name and not name.startswith(".")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    assert same_pixels(Image.open(out / safe_name("..", ".png")), ImageOps.invert(Image.open(src / "...png")))
+
+
+@pytest.mark.parametrize(
+    ("stem", "ext"),
+    [
+        ("..", ".png"),
+        (".", ".png"),
+        ("", ""),
+        ("a/../../b", ".jpg"),
+        ("x" * 400, ".png"),
+        ("é" * 150, ".png"),
+    ],
+)
+def test_safe_names_are_single_visible_components(stem: str, ext: str) -> None:
+    name = safe_name(stem, ext)
+    assert name not in ("", ".", "..") and "/" not in name and not name.startswith(".")
+    assert len(name.encode()) <= 220
+    root = Path("/srv/out")
+    assert (root / name).parent == root
+
+
+def test_inputs_with_the_same_name_get_numbered_outputs_in_the_order_given(
+    worker: WorkerPool, redis_url: str, tmp_path: Path
+) -> None:
+    for folder, seed in (("one", 1), ("two", 2)):
+        (tmp_path / folder).mkdir()
+        photo(50, 40, seed=seed).save(tmp_path / folder / "x.png")
+    photo(50, 40, seed=3).save(tmp_path / "one" / "x.jpg")
+    inputs = [tmp_path / "one" / "x.png", tmp_path / "two" / "x.png", tmp_path / "one" / "x.jpg"]
+    out = tmp_path / "out"
+    assert [p.name for p in plan_outputs(inputs, out, "PNG")] == ["x.png", "x-2.png", "x-3.png"]
+    done = run_cli(*map(str, inputs), "-o", str(out), "--op", BLUR, "--format", "png", redis_url=redis_url)
+    assert done.returncode == 0, done.stderr
+    for source, name in zip(inputs, ["x.png", "x-2.png", "x-3.png"], strict=True):
+        assert same_pixels(Image.open(out / name), blurred(source)), name
+
+
+def test_an_output_never_takes_the_path_of_an_input(tmp_path: Path) -> None:
+    inputs = [tmp_path / "a.png", tmp_path / "b.png"]
+    assert [p.name for p in plan_outputs(inputs, tmp_path, None)] == ["a-2.png", "b-2.png"]
+
+
+def test_a_bad_operation_fails_once_before_anything_runs(redis_url: str, tmp_path: Path) -> None:
+    photo(50, 40).save(tmp_path / "a.png")
+    photo(50, 40).save(tmp_path / "b.png")
+    done = run_cli(str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "out"),
+                   "--op", "gausian_blur", redis_url=redis_url)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "did you mean gaussian_blur" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_a_terminal_a_progress_bar_shows_images_tiles_and_rate(
+    worker: WorkerPool, redis_url: str, tmp_path: Path
+) -> None:
+    for i in range(3):
+        photo(60, 40, seed=i).save(tmp_path / f"t{i}.png")
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILECHORD_")}
+    env.update(COLUMNS="160", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilechord", "run", *(str(tmp_path / f"t{i}.png") for i in range(3)),
+         "-o", str(tmp_path / "out"), "--op", BLUR, "--grid", "2x2", "--redis", redis_url],
+        stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert "3/3" in screen and "tiles 12/12" in screen and "images/s" in screen, screen
+    assert "━" in screen  # the bar itself
+    assert "[1/3] ok" not in screen  # no plain lines on a terminal
+    assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+# -- the Python API ----------------------------------------------------------------------------
+
+
+def test_map_yields_every_source_once_with_errors_as_values(client: Client, no_leftovers: None) -> None:
+    images = [photo(70 + i, 50, seed=i) for i in range(7)]
+    sources: list[bytes] = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        sources.append(buffer.getvalue())
+    sources.insert(3, b"definitely not an image")
+    results = list(client.map(sources, [BLUR], grid=(2, 2), jobs=3))
+    assert sorted(r.index for r in results) == list(range(8))
+    for result in results:
+        assert isinstance(result, MapResult) and result.source is sources[result.index]
+        if result.index == 3:
+            assert not result.ok and isinstance(result.error, InvalidImage)
+            with pytest.raises(InvalidImage):
+                result.unwrap()
+            continue
+        assert result.ok and result.tiles == 4 and result.job_id
+        assert same_pixels(Image.open(io.BytesIO(result.unwrap())), blurred(sources[result.index]))
+
+
+def test_map_keeps_at_most_jobs_in_flight_and_reports_progress_to_the_end(
+    client: Client, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    images = []
+    for i in range(9):
+        buffer = io.BytesIO()
+        photo(64, 48, seed=i).save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    seen: list[MapProgress] = []
+    live_jobs: list[int] = []
+
+    def on_progress(state: MapProgress) -> None:
+        seen.append(state)
+        live_jobs.append(sum(1 for _ in redis_client.scan_iter(match="tilechord:*:live", count=1000)))
+
+    finished = 0
+    for result in client.map(iter(images), ["test_slow:seconds=0.2", "invert"], grid=(2, 1), jobs=2,
+                             on_progress=on_progress):  # fmt: skip
+        assert result.ok, result.error
+        finished += 1
+    assert finished == 9
+    assert max(s.running for s in seen) == 2
+    assert max(live_jobs) <= 2  # Redis agrees: never more than two jobs open at once
+    assert all(s.total is None for s in seen)  # an iterator has no length
+    assert seen[-1] == MapProgress(done=9, failed=0, total=None, running=0, tiles_done=18, tiles_total=18)
+    tiles = [s.tiles_done for s in seen]
+    assert tiles == sorted(tiles)
+
+
+def test_map_closed_early_cancels_the_jobs_in_flight(client: Client, no_leftovers: None) -> None:
+    buffer = io.BytesIO()
+    photo(64, 48).save(buffer, "PNG")
+    results = client.map([buffer.getvalue()] * 6, ["test_slow:seconds=0.3"], grid=(1, 1), jobs=2)
+    first = next(results)
+    assert first.ok
+    results.close()  # the jobs still in flight are revoked and their keys deleted
+
+
+def test_map_rejects_a_bad_pipeline_before_submitting_anything(client: Client) -> None:
+    with pytest.raises(UnknownOperation):
+        next(client.map([b"whatever"], ["no_such_op"]))
+
+
+def test_job_get_reports_tile_progress_up_to_the_total(client: Client, no_leftovers: None) -> None:
+    buffer = io.BytesIO()
+    source = photo(90, 60, seed=5)
+    source.save(buffer, "PNG")
+    job = client.submit(buffer.getvalue(), ["test_slow:seconds=0.2", BLUR], grid=(3, 2))
+    calls: list[tuple[int, int]] = []
+    data = job.get(on_progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (6, 6)
+    assert all(total == 6 for _, total in calls)
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # rising, each count once
+    assert same_pixels(Image.open(io.BytesIO(data)), blurred(buffer.getvalue()))
+
+
+def test_module_level_map_is_exported() -> None:
+    assert tilechord.map is tilechord.api.map
+    for name in ("map", "MapResult", "MapProgress"):
+        assert name in tilechord.__all__
