@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["Settings", "celery_config", "redact_url"]
+__all__ = ["Settings", "celery_config", "redact_url", "redis_ssl_options"]
 
 #: The queue every tilechord task goes to, so a shared Redis can serve other apps too.
 QUEUE = "tilechord"
@@ -138,6 +138,17 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
     if ca:
         options["ssl_ca_certs"] = ca
     return options
+
+
+def redis_ssl_options(url: str) -> dict[str, Any]:
+    """redis-py keyword arguments for *url*: the CA bundle of ``TILECHORD_SSL_CA_CERTS``.
+
+    Celery's connections get the same through ``broker_use_ssl`` and
+    ``redis_backend_use_ssl``; tilechord's own blob store connects with these, so a
+    ``rediss://`` Redis with a private CA works for both.
+    """
+    options = _ssl_options(url)
+    return {} if options is None else options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.exceptions import NoPermissionError
 
-from .config import redact_url
+from .config import redact_url, redis_ssl_options
 from .errors import BrokerUnavailable, JobFailed
 from .keys import JobKeys
 
@@ -32,10 +33,12 @@ class JobGone(JobFailed):
 def _redis_errors(url: str | None) -> Iterator[None]:
     try:
         yield
+    except redis.AuthenticationError as exc:  # before ConnectionError, of which it is a subclass
+        raise BrokerUnavailable(f"Redis at {redact_url(url)} refused the credentials: {exc}") from None
+    except NoPermissionError as exc:
+        raise BrokerUnavailable(f"Redis at {redact_url(url)} denied a command to this user: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(f"lost the connection to Redis at {redact_url(url)}: {exc}") from None
-    except redis.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
-        raise BrokerUnavailable(f"Redis at {redact_url(url)} refused the password: {exc}") from None
+        raise BrokerUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
 
 
 class BlobStore:
@@ -56,6 +59,7 @@ class BlobStore:
                 socket_keepalive=True,
                 health_check_interval=10,
                 retry_on_timeout=False,
+                **redis_ssl_options(self.url),
             )
             self._pid = os.getpid()
         return self._client
@@ -110,11 +114,15 @@ class BlobStore:
     # -- signalling -----------------------------------------------------------------
 
     def tile_done(self, keys: JobKeys) -> None:
+        """Count an edited tile, for a live job only (a straggler must not leave a counter)."""
         with _redis_errors(self.url):
             pipe = self.client.pipeline(transaction=True)
+            pipe.exists(keys.live)
             pipe.incr(keys.progress)
             pipe.expire(keys.progress, self.ttl)
-            pipe.execute()
+            live = pipe.execute()[0]
+            if not live:
+                self.client.delete(keys.progress)
 
     def tiles_done(self, keys: JobKeys) -> int:
         with _redis_errors(self.url):
@@ -132,10 +140,20 @@ class BlobStore:
                 self.client.delete(keys.done)
 
     def wait(self, keys: JobKeys, timeout: float) -> dict[str, Any] | None:
-        """Block up to *timeout* seconds for the job's end message."""
+        """Block up to *timeout* seconds for the job's end message.
+
+        Raises :class:`JobGone` when the job's ``live`` key has vanished: Redis restarted
+        or was flushed (or the keys expired), so no task can finish the job any more, and
+        waiting out the timeout would only delay the same failure.
+        """
         with _redis_errors(self.url):
             # BLPOP's timeout has a resolution of 0.01 s; 0 would mean forever.
             item = self.client.blpop([keys.done], timeout=max(0.01, timeout))
+            if item is None and not self.client.exists(keys.live):
+                raise JobGone(
+                    f"job {keys.job_id} lost its data in Redis (Redis restarted or was flushed, or the "
+                    f"job outlived its {self.ttl} s key TTL); it cannot finish: submit it again"
+                )
         if item is None:
             return None
         message: dict[str, Any] = json.loads(item[1])
