@@ -1,21 +1,28 @@
-"""Faults done for real: a SIGKILLed worker process, a task that raises, a job that times out."""
+"""Faults done for real: a SIGKILLed worker process, a task that raises, a Redis restarted
+mid-job, jobs that time out, processes that die leaving keys (which expire), and load."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
 from celery.result import AsyncResult
 from images import encoded, photo
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 import tilechord
-from tilechord import Client
-from tilechord.cluster import WorkerPool
+from conftest import PLUGINS, worker_env
+from tilechord import Client, Settings
+from tilechord.cluster import EmbeddedRedis, WorkerPool
 from tilechord.keys import JobKeys
 
 
@@ -89,3 +96,165 @@ def test_a_job_with_no_worker_times_out_cleanly(
         other.flushdb()
     finally:
         lonely.close()
+
+
+# -- a Redis restarted in the middle of a job ------------------------------------------------------
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[tuple[EmbeddedRedis, WorkerPool, Client]]:
+    """A Redis, two worker processes and a client of this test's own: restarting them harms no other."""
+    server = EmbeddedRedis()
+    server.start()
+    pool = WorkerPool(server.url, concurrency=2, env=worker_env(server.url), loglevel="INFO")
+    own = Client(Settings(redis_url=server.url, key_ttl=900, job_timeout=60, workers=2, plugins=PLUGINS))
+    try:
+        pool.start()
+        yield server, pool, own
+    finally:
+        own.close()
+        pool.stop()
+        server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_redis_restarted_mid_job_fails_the_job_clearly_and_the_same_workers_serve_the_next(
+    private_cluster: tuple[EmbeddedRedis, WorkerPool, Client],
+) -> None:
+    server, pool, own = private_cluster
+    image = photo(200, 100, seed=5)
+    job = own.submit(encoded(image, "PNG"), ["test_slow:seconds=4", "invert"], grid=(2, 1))
+    keys = JobKeys(job.id)
+    edits = [AsyncResult(keys.task_id("edit", i), app=own.app) for i in range(2)]
+    assert wait_for(lambda: any(r.state == "STARTED" for r in edits), timeout=30), "no tile started"
+    worker_pid = pool.pid
+
+    server.restart()  # same port and password, every key gone
+    started = time.monotonic()
+    try:
+        data = job.get(timeout=50)
+    except (tilechord.JobFailed, tilechord.JobTimeout, tilechord.BrokerUnavailable) as exc:
+        # Redis lost the job's data: a clear error, and soon, not at the end of the timeout
+        assert time.monotonic() - started < 20, exc
+        assert "lost its data" in str(exc) or isinstance(exc, tilechord.BrokerUnavailable), exc
+    else:
+        assert Image.open(io.BytesIO(data)).tobytes() == ImageOps.invert(image).tobytes()
+
+    # the same worker process reconnects and serves the next job (its pool children may have
+    # been replaced: Celery terminates late-acked tasks whose broker connection was lost)
+    after = time.monotonic()
+    result = own.process_image(image, ["invert"], grid=(2, 1), timeout=60)
+    assert result.tobytes() == ImageOps.invert(image).tobytes()
+    assert time.monotonic() - after < 60
+    assert pool.running and pool.pid == worker_pid
+    assert len(pool.child_pids()) == 2
+    # the tiles running at the restart were cancelled, or finished and found their job gone:
+    # once the worker is idle, nothing of tilechord's is left in Redis
+    inspect = own.app.control.inspect(destination=[pool.nodename], timeout=2)
+    assert wait_for(lambda: not any((inspect.active() or {}).values()), timeout=30)
+    r = redis.Redis.from_url(server.url)
+    try:
+        assert list(r.scan_iter(match="tilechord:*")) == []
+    finally:
+        r.close()
+
+
+# -- every wait has a timeout; a timed-out job cleans up ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_timed_out_get_deletes_the_jobs_keys_and_stragglers_leave_none(
+    client: Client, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    image = photo(200, 100, seed=6)
+    job = client.submit(encoded(image, "PNG"), ["test_slow:seconds=2"], grid=(2, 1))
+    keys = JobKeys(job.id)
+    assert wait_for(lambda: client.store.is_live(keys) and redis_client.exists(keys.tile(1)), timeout=30)
+    started = time.monotonic()
+    with pytest.raises(tilechord.JobTimeout, match=r"did not finish within 0\.5 s"):
+        job.get(timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert list(redis_client.scan_iter(match=f"tilechord:{job.id}:*")) == []
+    with pytest.raises(tilechord.JobTimeout):  # the error sticks; the data stays gone
+        job.get(timeout=10)
+    # the tiles still running finish, find the job gone, and take their writes back
+    edits = [AsyncResult(keys.task_id("edit", i), app=client.app) for i in range(2)]
+    assert wait_for(lambda: all(r.state in ("FAILURE", "SUCCESS") for r in edits), timeout=30)
+    time.sleep(0.5)
+    assert list(redis_client.scan_iter(match=f"tilechord:{job.id}:*")) == []
+
+
+def test_the_command_line_has_a_default_timeout_and_says_so() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tilechord", "run", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "--timeout" in text
+    assert re.search(r"default:? 600", text), text
+    assert tilechord.Settings.from_env({}).job_timeout == 600
+
+
+def test_a_job_waits_no_longer_than_the_configured_job_timeout(settings: tilechord.Settings) -> None:
+    url = settings.redis_url
+    assert url is not None
+    # no worker listens on database 10: only the timeout can end the wait
+    lonely = Client(dataclasses.replace(settings.with_redis(url.rsplit("/", 1)[0] + "/10"), job_timeout=1.0))
+    try:
+        job = lonely.submit(encoded(photo(20, 20), "PNG"), ["invert"])
+        started = time.monotonic()
+        with pytest.raises(tilechord.JobTimeout, match="within 1 s"):
+            job.get()
+        assert time.monotonic() - started < 10
+        other = redis.Redis.from_url(url.rsplit("/", 1)[0] + "/10")
+        assert list(other.scan_iter(match="tilechord:*")) == []
+        other.flushdb()
+        other.close()
+    finally:
+        lonely.close()
+
+
+# -- keys expire even if every process dies ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_key_of_a_running_job_and_celerys_results_carry_a_ttl(
+    client: Client, settings: tilechord.Settings, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    # The client writes with its key_ttl (900 here), the session workers with theirs (the
+    # default, 3600, from their environment): every key must carry one or the other.
+    longest = max(settings.key_ttl, Settings.from_env({}).key_ttl)
+    image = photo(300, 100, seed=7)
+    job = client.submit(encoded(image, "PNG"), ["test_slow:seconds=2"], grid=(3, 1))
+    keys = JobKeys(job.id)
+    edits = [AsyncResult(keys.task_id("edit", i), app=client.app) for i in range(3)]
+    try:
+        assert wait_for(lambda: any(r.state == "STARTED" for r in edits), timeout=30)
+        ours = list(redis_client.scan_iter(match=f"tilechord:{job.id}:*"))
+        assert {keys.live, keys.index, keys.source, keys.tile(0), keys.tile(2)} <= {k.decode() for k in ours}
+        for key in ours:
+            assert 0 < redis_client.ttl(key) <= longest, key
+        celery_keys = [
+            k for k in redis_client.scan_iter(match=f"*{job.id}*") if not k.startswith(b"tilechord:")
+        ]
+        assert celery_keys, "expected Celery's records of the running tasks"
+        # Everything else too (chord state included), but the broker's own shared structures:
+        # the queue, kombu's bindings and its unacked index, which hold no job's data.
+        broker = {b"tilechord", b"unacked", b"unacked_index"}
+        others = [
+            k
+            for k in redis_client.scan_iter(count=1000)
+            if k not in broker and not k.startswith((b"_kombu.", b"tilechord-test:"))
+        ]
+        assert any(k.startswith(b"celery-taskset-meta-") for k in others), others
+        assert [k for k in others if redis_client.ttl(k) < 0] == []
+        for key in celery_keys:
+            assert 0 < redis_client.ttl(key) <= longest, key
+    finally:
+        data = job.get(timeout=60)
+    assert Image.open(io.BytesIO(data)).tobytes() == image.tobytes()
+    # after the job: Celery's own records of it (results, chord counters) expire too
+    after = list(redis_client.scan_iter(match=f"*{job.id}*"))
+    assert after
+    assert all(0 < redis_client.ttl(k) <= longest for k in after), [(k, redis_client.ttl(k)) for k in after]
