@@ -86,6 +86,13 @@ def _reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
         logger.info("job %s: %s done in %.3f s", keys.job_id, what, time.perf_counter() - started)
 
 
+#: A single-frame JPEG cut into this many tiles or fewer is decoded by each tile's task
+#: itself: decoding a JPEG costs less than the split storing its raw pixels in Redis and
+#: every tile reading them back (``scripts/bench.py`` shows the difference).
+DECODE_IN_PLACE_TILES = 4
+DECODE_IN_PLACE_FORMATS = frozenset({"JPEG"})
+
+
 def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
     """The job's first task, with the job id as its task id (and so the result's id)."""
     return (
@@ -111,9 +118,66 @@ def job_tiles(spec: JobSpec, plan: Plan, halo: int) -> list[TileSpec]:
                     "box": list(tile.box),
                     "size": [width, height],
                     "label": label,
+                    "decode": bool(plan.get("decode")),
                 }
             )
     return out
+
+
+def _tile_count(spec: JobSpec, sizes: list[list[int]]) -> int:
+    grid = Grid(*spec["grid"])
+    return sum(grid.clip(w, h).cols * grid.clip(w, h).rows for w, h in sizes)
+
+
+def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
+    """A tile's input pixels: stored raw by the split, or cut here from the decoded source."""
+    if tile["decode"]:
+        image = codec.decode(app.store.get(keys, keys.source), app.tilechord_settings.max_pixels)
+        return image.crop(_box(tile["cut"]))
+    return codec.unpack_raw(app.store.get(keys, keys.tile(tile["index"])))[0]
+
+
+def _finish(
+    app: TilechordCelery, keys: JobKeys, spec: JobSpec, frames: list[Image.Image], timing: Any
+) -> Any:
+    """Encode the result, store it, and tell the waiting client."""
+    source = app.store.get(keys, keys.source)
+    original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
+    data = codec.encode_frames(frames, spec["format"], original, codec.Timing.from_json(timing))
+    app.store.put(keys, keys.result, data)
+    app.store.notify(keys, {"ok": True})
+    return {
+        "size": list(frames[0].size),
+        "mode": frames[0].mode,
+        "frames": len(frames),
+        "format": spec["format"] or "raw",
+        "bytes": len(data),
+    }
+
+
+def _cut(
+    app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline, source: bytes
+) -> Plan | Image.Image:
+    """Lay the job out and store what its tiles need; for a job of one tile, its image."""
+    settings = app.tilechord_settings
+    count = int(spec.get("frames", 1))
+    if count == 1 and not codec.is_raw(source):
+        info = codec.inspect_source(source, settings.max_pixels)  # the header only
+        sizes = [list(info.size)]
+        tiles_in_all = _tile_count(spec, sizes)
+        if 1 < tiles_in_all <= DECODE_IN_PLACE_TILES and info.format in DECODE_IN_PLACE_FORMATS:
+            plan: Plan = {"sizes": sizes, "timing": {}, "decode": True}
+            app.store.put(keys, keys.plan, json.dumps(plan).encode())
+            return plan
+    frames, timing = codec.decode_frames(source, settings.max_pixels, count)
+    plan = {"sizes": [list(f.size) for f in frames], "timing": timing.to_json()}
+    if _tile_count(spec, plan["sizes"]) == 1:
+        return frames[0]
+    for tile in job_tiles(spec, plan, pipeline.halo):
+        piece = frames[tile["frame"]].crop(_box(tile["cut"]))
+        app.store.put(keys, keys.tile(tile["index"]), codec.pack_raw(piece))
+    app.store.put(keys, keys.plan, json.dumps(plan).encode())
+    return plan
 
 
 def _box(values: list[int]) -> tuple[int, int, int, int]:
@@ -178,7 +242,6 @@ def _next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> 
 def register_tasks(app: TilechordCelery) -> None:
     """Define tilechord's tasks on *app* (an app factory, so each app has its own)."""
     store = app.store
-    settings = app.tilechord_settings
 
     def task(name: str) -> Callable[[Callable[..., Any]], Task]:
         return app.task(  # type: ignore[no-any-return]
@@ -196,13 +259,12 @@ def register_tasks(app: TilechordCelery) -> None:
         pipeline = Pipeline.from_json(spec["ops"])
         with _reported(app, keys, "split"):
             source = store.get(keys, keys.source)
-            frames, timing = codec.decode_frames(source, settings.max_pixels, int(spec.get("frames", 1)))
-            plan: Plan = {"sizes": [list(f.size) for f in frames], "timing": timing.to_json()}
-            for tile in job_tiles(spec, plan, pipeline.halo):
-                piece = frames[tile["frame"]].crop(_box(tile["cut"]))
-                store.put(keys, keys.tile(tile["index"]), codec.pack_raw(piece))
-            store.put(keys, keys.plan, json.dumps(plan).encode())
-        return self.replace(_next_stage(app, spec, plan, 0))
+            plan = _cut(app, keys, spec, pipeline, source)
+            if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
+                edited = pipeline.apply(plan)
+                store.tile_done(keys)
+                return _finish(app, keys, spec, [edited], {})
+        return self.replace(_next_stage(app, spec, plan, 0))  # raises Ignore: not inside _reported
 
     @task("tilechord.stats")
     def stats(self: Task, job: str, ops: list[Any], stage: int, tile: TileSpec) -> dict[str, Any]:
@@ -210,7 +272,7 @@ def register_tasks(app: TilechordCelery) -> None:
         with _reported(app, keys, f"histogram of {tile['label']}"):
             pipeline = Pipeline.from_json(ops)
             step = pipeline.global_steps[stage]
-            piece, _ = codec.unpack_raw(store.get(keys, keys.tile(tile["index"])))
+            piece = _piece(app, keys, tile)
             known = _histograms(app, keys, pipeline, tile["frame"], stage)
             out, _ = pipeline.run_tile(
                 piece, _box(tile["cut"]), _box(tile["box"]), (tile["size"][0], tile["size"][1]), known, step
@@ -237,7 +299,7 @@ def register_tasks(app: TilechordCelery) -> None:
         keys = JobKeys(job)
         with _reported(app, keys, f"edit of {tile['label']}"):
             pipeline = Pipeline.from_json(ops)
-            piece, _ = codec.unpack_raw(store.get(keys, keys.tile(tile["index"])))
+            piece = _piece(app, keys, tile)
             known = _histograms(app, keys, pipeline, tile["frame"], len(pipeline.global_steps))
             out, dest = pipeline.run_tile(
                 piece, _box(tile["cut"]), _box(tile["box"]), (tile["size"][0], tile["size"][1]), known
@@ -247,7 +309,7 @@ def register_tasks(app: TilechordCelery) -> None:
         return {"tile": tile["index"], "box": list(dest)}
 
     @task("tilechord.merge")
-    def merge(self: Task, spec: JobSpec) -> dict[str, Any]:
+    def merge(self: Task, spec: JobSpec) -> Any:
         keys = JobKeys(spec["job"])
         with _reported(app, keys, "merge"):
             plan: Plan = _load_json(app, keys, keys.plan)
@@ -261,20 +323,7 @@ def register_tasks(app: TilechordCelery) -> None:
                     canvas = canvases[frame] = _blank_like(piece, pipeline.output_size(tuple(tile["size"])))
                 canvas.paste(piece, tuple(extra["box"][:2]))
             frames = [c for c in canvases if c is not None]
-            source = store.get(keys, keys.source)
-            original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
-            data = codec.encode_frames(
-                frames, spec["format"], original, codec.Timing.from_json(plan["timing"])
-            )
-            store.put(keys, keys.result, data)
-            store.notify(keys, {"ok": True})
-        return {
-            "size": list(frames[0].size),
-            "mode": frames[0].mode,
-            "frames": len(frames),
-            "format": spec["format"] or "raw",
-            "bytes": len(data),
-        }
+            return _finish(app, keys, spec, frames, plan["timing"])
 
     del split, stats, reduce, edit, merge  # registered on the app; reach them through app.tasks
 
