@@ -103,9 +103,9 @@ def unpack_raw(data: bytes) -> tuple[Image.Image, dict[str, Any]]:
     header = json.loads(bytes(data[offset : offset + hlen]))
     offset += hlen
     mode, size = header["mode"], tuple(header["size"])
+    # frombuffer shares *data*'s memory where it can (no copy of a tile's pixels) and marks
+    # the image read-only; Pillow copies such an image before anything writes to it.
     image = Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)  # type: ignore[arg-type]
-    # frombuffer shares memory read-only for some modes; a private copy keeps ops safe.
-    image = image.copy()
     if "palette" in header:
         pmode, pal = header["palette"]
         image.putpalette(base64.b64decode(pal), pmode)
