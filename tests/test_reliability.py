@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -20,8 +22,8 @@ from images import encoded, photo
 from PIL import Image, ImageFilter, ImageOps
 
 import tilechord
-from conftest import PLUGINS, worker_env
-from tilechord import Client, Settings
+from conftest import PLUGINS, tilechord_keys, worker_env
+from tilechord import Client, Settings, codec
 from tilechord.cluster import EmbeddedRedis, WorkerPool
 from tilechord.keys import JobKeys
 
@@ -258,3 +260,72 @@ def test_every_key_of_a_running_job_and_celerys_results_carry_a_ttl(
     after = list(redis_client.scan_iter(match=f"*{job.id}*"))
     assert after
     assert all(0 < redis_client.ttl(k) <= longest for k in after), [(k, redis_client.ttl(k)) for k in after]
+
+
+# -- load ----------------------------------------------------------------------------------------------
+
+
+def large_image(seed: int, width: int = 4000, height: int = 3000) -> Image.Image:
+    """A 12-megapixel photo-like image, made in a fraction of a second."""
+    rng = random.Random(seed)
+    noise = Image.effect_noise((width // 8, height // 8), 40 + seed).resize((width, height))
+    gradient = Image.linear_gradient("L").rotate(rng.choice([0, 90, 180, 270])).resize((width, height))
+    return Image.merge("RGB", (gradient, noise, Image.radial_gradient("L").resize((width, height))))
+
+
+def used_memory(r: redis.Redis) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_hundred_small_and_twenty_large_jobs_at_once_are_all_right_and_leave_nothing(
+    client: Client, worker: WorkerPool, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    baseline = used_memory(redis_client)
+    rng = random.Random(2024)
+    small = [photo(rng.randint(64, 256), rng.randint(64, 256), seed=i) for i in range(200)]
+    small_grids = [(rng.randint(1, 3), rng.randint(1, 3)) for _ in small]
+    large = [large_image(seed) for seed in range(5)]  # each sent four times: 20 large jobs
+    expected_small = [im.filter(ImageFilter.GaussianBlur(1)).tobytes() for im in small]
+    expected_large = [ImageOps.invert(im).tobytes() for im in large]
+    work: list[list[tuple[str, int]]] = [[] for _ in range(4)]
+    for i in range(200):
+        work[i % 4].append(("small", i))
+    for i in range(20):
+        work[i % 4].insert(i // 4 * 13, ("large", i % 5))  # spread among the small ones
+
+    def send(kind: str, i: int) -> tilechord.Job:
+        if kind == "small":
+            return client.submit(encoded(small[i], "PNG"), ["gaussian_blur:radius=1"], grid=small_grids[i])
+        return client.submit(codec.pack_raw(large[i]), ["invert"], grid=(2, 1))
+
+    def run(share: list[tuple[str, int]]) -> list[str]:
+        """Submit every job of this thread's share at once, then collect them; return the wrong ones."""
+        jobs = [(kind, i, send(kind, i)) for kind, i in share]
+        wrong = []
+        for kind, i, job in jobs:
+            data = job.get(timeout=180)
+            if kind == "small":
+                got = Image.open(io.BytesIO(data))
+                if got.size != small[i].size or got.tobytes() != expected_small[i]:
+                    wrong.append(f"small {i}")
+            else:
+                got, _ = codec.unpack_raw(data)
+                if got.size != large[i].size or got.tobytes() != expected_large[i]:
+                    wrong.append(f"large {i}")
+        return wrong
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, work))
+    assert time.monotonic() - started < 180
+    assert [w for ws in results for w in ws] == []
+    assert tilechord_keys(redis_client) == []
+    # Redis gives the memory back (Celery's small result records remain, within the slack)
+    slack = 5 * 1024 * 1024
+    assert wait_for(lambda: used_memory(redis_client) <= baseline + slack, timeout=30, interval=0.5), (
+        baseline,
+        used_memory(redis_client),
+    )
+    assert len(worker.child_pids()) == 2
