@@ -56,9 +56,7 @@ def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def random_image(
-    mode: str, width: int, height: int, seed: int = 0, levels: int | None = None
-) -> Image.Image:
+def random_image(mode: str, width: int, height: int, seed: int = 0, levels: int | None = None) -> Image.Image:
     """Seeded random pixels in any mode: noise (every seam shows on it) or, with *levels*, few values.
 
     *levels* picks each byte from that many values (flat areas, ties for rank filters,
