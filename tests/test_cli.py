@@ -7,13 +7,16 @@ leave no process behind; with TILECHORD_REDIS_URL it uses the workers already th
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 from images import photo
@@ -225,7 +228,7 @@ def test_ops_lists_every_operation_with_parameters_and_reach() -> None:
 
 def test_help_explains_each_command() -> None:
     top = tilechord("--help")
-    assert top.returncode == 0 and "run" in top.stdout and "ops" in top.stdout
+    assert top.returncode == 0 and all(c in top.stdout for c in ("run", "ops", "up"))
     run = tilechord("run", "--help")
     assert "--op" in run.stdout and "--grid" in run.stdout and "TILECHORD_REDIS_URL" in run.stdout
 
@@ -237,3 +240,58 @@ def test_readme_operations_table_is_what_tilechord_ops_prints() -> None:
     assert done.returncode == 0, done.stderr
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert done.stdout.strip() in readme
+
+
+def _read_until(stream: IO[str], pattern: str, timeout: float) -> tuple[re.Match[str] | None, str]:
+    """Read lines from *stream* until one matches *pattern* (a thread, so a hang cannot block us)."""
+    seen: list[str] = []
+    found: list[re.Match[str]] = []
+
+    def reader() -> None:
+        for line in stream:
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                found.append(match)
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return (found[0] if found else None), "".join(seen)
+
+
+def test_up_serves_another_shell_and_ctrl_c_leaves_no_process(photo_jpeg: Path, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilechord", "up", "--workers", "2"],
+        env=local_env(marker),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        match, shown = _read_until(proc.stdout, r"^\s*export TILECHORD_REDIS_URL=(redis://\S+)$", 120)  # type: ignore[arg-type]
+        assert match is not None, shown + (proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
+        url = match.group(1)
+        assert re.search(r"flower\s+http://127\.0\.0\.1:\d+", shown), shown
+        assert re.search(r"redis\s+redis://:\*\*\*@127\.0\.0\.1:\d+/0", shown), shown
+        assert len(processes_with(marker)) >= 5  # us, valkey, the worker and its two children, Flower
+
+        other = f"other-{uuid.uuid4().hex}"
+        out = tmp_path / "out.png"
+        done = tilechord("run", str(photo_jpeg), "-o", str(out), "--op", "gaussian_blur:radius=6", "--grid",
+                         "3x2", "--redis", url, env=local_env(other))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        expected = REFERENCES["gaussian_blur:radius=6"](Image.open(photo_jpeg))
+        assert Image.open(out).tobytes() == expected.tobytes()
+        assert processes_with(other) == []  # served by `up`, started nothing of its own
+
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), stderr
+    assert "stopped" in stderr
+    assert wait_until_gone(marker) == []

@@ -489,6 +489,10 @@ def _run_batch(
 # -- a local cluster for other shells --------------------------------------------------------
 
 
+#: Flower's tasks page shows a job's arguments (job id, tile, pipeline) and results
+FLOWER_ENV = {"FLOWER_TASKS_COLUMNS": "name,state,args,result,runtime,worker"}
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -519,7 +523,7 @@ def up(workers: int | None, flower: bool) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
-    cluster = LocalCluster(settings, workers=workers, flower=flower)
+    cluster = LocalCluster(settings, workers=workers, flower=flower, env=FLOWER_ENV)
     with cluster:
         assert cluster.redis is not None and cluster.pool is not None
         click.echo(f"tilechord {__version__}: local cluster up")
