@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .config import QUEUE, Settings, redact_url
+from .config import QUEUE, Settings, redact_url, redis_ssl_options
 from .errors import ClusterError
 
 __all__ = [
@@ -542,7 +542,9 @@ def _ping_app(url: str) -> Any:
     """A bare Celery app on *url*, enough for ``control.ping``: it needs none of our tasks.
 
     kombu retries a publish forever by default when the broker is down; one retry and a
-    short connect timeout keep :meth:`WorkerPool.wait_ready` within its deadline.
+    short connect timeout keep :meth:`WorkerPool.wait_ready` within its deadline.  A
+    ``rediss://`` URL gets the same verified TLS as the app (kombu alone would fall back to
+    an unverified connection, and send the password over it).
     """
     from celery import Celery
 
@@ -555,6 +557,9 @@ def _ping_app(url: str) -> Any:
         accept_content=["json"],
         task_serializer="json",
     )
+    ssl_options = redis_ssl_options(url)
+    if ssl_options:
+        app.conf.broker_use_ssl = ssl_options
     return app
 
 
