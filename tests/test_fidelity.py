@@ -206,7 +206,7 @@ def test_output_format_is_the_requested_one_or_the_inputs_and_equals_pillows_enc
     source = opened(data)
     data_out = client.process(data, list(FORMAT_STEPS), grid=(2, 2), format=out_fmt)
     out = opened(data_out)
-    fmt = out_fmt or source.format
+    fmt = out_fmt or str(source.format)
     assert out.format == fmt
     expected = saved_as(pillow(source, FORMAT_STEPS), fmt, source)
     assert_same_pixels(out, expected)
@@ -390,7 +390,8 @@ def test_every_frame_is_processed_with_its_duration_and_the_loop_count_kept(
     fmt, options, steps = ANIMATIONS[name]
     data = animation(name)
     source = Image.open(io.BytesIO(data))
-    assert source.n_frames == len(options.get("duration", [0, 0, 0])) > 1
+    count = getattr(source, "n_frames", 1)
+    assert count == len(options.get("duration", [0, 0, 0])) > 1
     edited = [pillow(frame.copy(), steps) for frame, _ in frames(data)]
     durations = [duration for _, duration in frames(data)]
     reference_data = encoded(
@@ -403,7 +404,7 @@ def test_every_frame_is_processed_with_its_duration_and_the_loop_count_kept(
     )
     out_data = client.process(data, list(steps), grid=(2, 2))
     out, expected = frames(out_data), frames(reference_data)
-    assert len(out) == len(expected) == source.n_frames
+    assert len(out) == len(expected) == count
     assert [d for _, d in out] == [d for _, d in expected] == options.get("duration", durations)
     assert Image.open(io.BytesIO(out_data)).info.get("loop") == source.info.get("loop")
     for (frame, _), (want, _) in zip(out, expected, strict=True):

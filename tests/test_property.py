@@ -263,7 +263,7 @@ def test_the_strategy_draws_pipelines_that_run_and_some_that_are_refused() -> No
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow: palette transparency as bytes
 @settings(
-    max_examples=250,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

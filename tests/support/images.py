@@ -66,8 +66,10 @@ def random_image(mode: str, width: int, height: int, seed: int = 0, levels: int 
     rng = random.Random(f"{mode} {width}x{height} #{seed} levels={levels}")
     if mode == "F":
         values = [rng.uniform(-1000.0, 1000.0) for _ in range(levels or 0)]
-        pick = (lambda: rng.choice(values)) if levels else (lambda: rng.uniform(-1000.0, 1000.0))
-        data = array.array("f", (pick() for _ in range(width * height))).tobytes()
+        floats = (
+            rng.choice(values) if levels else rng.uniform(-1000.0, 1000.0) for _ in range(width * height)
+        )
+        data = array.array("f", floats).tobytes()
         return Image.frombytes("F", (width, height), data)
     length = len(Image.new(mode, (1, 1)).tobytes()) * width * height
     if mode == "1":
