@@ -17,7 +17,7 @@ import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 RAW_MAGIC = b"TCRAW1\n"
+#: What the decoders take: bytes, or a view of a buffer read straight from Redis.
+Data: TypeAlias = "bytes | bytearray | memoryview"
 _LEN = struct.Struct(">I")
 
 # What Pillow raises on a damaged or hostile file, depending on the plugin.
@@ -59,7 +61,7 @@ _DECODE_ERRORS = (
 )
 
 
-def is_raw(data: bytes | memoryview) -> bool:
+def is_raw(data: Data) -> bool:
     return bytes(data[: len(RAW_MAGIC)]) == RAW_MAGIC
 
 
@@ -93,7 +95,7 @@ def pack_raw(image: Image.Image, extra: Mapping[str, Any] | None = None) -> byte
     return b"".join((RAW_MAGIC, _LEN.pack(len(head)), head, image.tobytes()))
 
 
-def unpack_raw(data: bytes) -> tuple[Image.Image, dict[str, Any]]:
+def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:
     """The inverse of :func:`pack_raw`; returns the image and the ``extra`` mapping."""
     if not is_raw(data):
         raise InvalidImage("not a tilechord raw image")
@@ -138,7 +140,7 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 _PILLOW_LIMIT = threading.Lock()
 
 
-def _open_header(data: bytes) -> Image.Image:
+def _open_header(data: Data) -> Image.Image:
     """``Image.open`` with our pixel limit in place of Pillow's.
 
     Pillow warns above 89 MP and refuses above 179 MP, whatever TILECHORD_MAX_PIXELS says.
@@ -159,7 +161,7 @@ def _open_header(data: bytes) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = saved
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: Data, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("the input is empty (0 bytes)")
     try:
@@ -175,7 +177,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def inspect_source(data: bytes, max_pixels: int) -> SourceInfo:
+def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
     """Read just the header: cheap, and enough to plan and validate a job."""
     if is_raw(data):
         image, _ = unpack_raw(data)
@@ -185,7 +187,7 @@ def inspect_source(data: bytes, max_pixels: int) -> SourceInfo:
     return SourceInfo(image.format, image.mode, image.size, getattr(image, "n_frames", 1))
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(data: Data, max_pixels: int) -> Image.Image:
     """Decode a source fully, turning every Pillow failure into :class:`InvalidImage`."""
     if is_raw(data):
         return unpack_raw(data)[0]
@@ -241,7 +243,7 @@ class Timing:
         return cls(tuple(data.get("durations") or ()), data.get("loop"))
 
 
-def decode_frames(data: bytes, max_pixels: int, count: int) -> tuple[list[Image.Image], Timing]:
+def decode_frames(data: Data, max_pixels: int, count: int) -> tuple[list[Image.Image], Timing]:
     """The first *count* frames of a source, each as Pillow loads it when seeking there."""
     image = decode(data, max_pixels)
     if count <= 1:

@@ -134,7 +134,7 @@ def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
     if tile["decode"]:
         image = codec.decode(app.store.get(keys, keys.source), app.tilechord_settings.max_pixels)
         return image.crop(_box(tile["cut"]))
-    return codec.unpack_raw(app.store.get(keys, keys.tile(tile["index"])))[0]
+    return codec.unpack_raw(app.store.get_pixels(keys, keys.tile(tile["index"])))[0]
 
 
 def _finish(
@@ -156,7 +156,7 @@ def _finish(
 
 
 def _cut(
-    app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline, source: bytes
+    app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline, source: codec.Data
 ) -> Plan | Image.Image:
     """Lay the job out and store what its tiles need; for a job of one tile, its image."""
     settings = app.tilechord_settings
@@ -258,7 +258,7 @@ def register_tasks(app: TilechordCelery) -> None:
         keys = JobKeys(spec["job"])
         pipeline = Pipeline.from_json(spec["ops"])
         with _reported(app, keys, "split"):
-            source = store.get(keys, keys.source)
+            source = store.get_pixels(keys, keys.source)
             plan = _cut(app, keys, spec, pipeline, source)
             if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
                 edited = pipeline.apply(plan)
@@ -316,7 +316,7 @@ def register_tasks(app: TilechordCelery) -> None:
             pipeline = Pipeline.from_json(spec["ops"])
             canvases: list[Image.Image | None] = [None] * len(plan["sizes"])
             for tile in job_tiles(spec, plan, pipeline.halo):
-                piece, extra = codec.unpack_raw(store.get(keys, keys.edited(tile["index"])))
+                piece, extra = codec.unpack_raw(store.get_pixels(keys, keys.edited(tile["index"])))
                 frame = tile["frame"]
                 canvas = canvases[frame]
                 if canvas is None:
