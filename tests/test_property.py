@@ -27,9 +27,8 @@ from tilechord import Client
 from tilechord.errors import InvalidParameter, UnsupportedMode
 from tilechord.operations import Kind, Operation, Param, registry
 
-#: The kinds of operation drawn.  Adding a kind (global: contrast, autocontrast,
-#: equalize) is one more entry here; their references are below already.
-KINDS = frozenset({Kind.PIXEL, Kind.NEIGHBOURHOOD, Kind.GEOMETRY})
+#: The kinds of operation drawn: all of them, global ones (stats/reduce stages) included.
+KINDS = frozenset({Kind.PIXEL, Kind.NEIGHBOURHOOD, Kind.GEOMETRY, Kind.GLOBAL})
 
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
 

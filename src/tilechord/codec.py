@@ -299,6 +299,25 @@ def check_format(fmt: str, mode: str) -> str:
     return name
 
 
+#: TIFF tags that are EXIF metadata rather than the file's structure (Make, Model ...).
+#: Orientation is left out on purpose: Pillow turns a TIFF upright as it loads it.
+_TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+
+
+def _source_exif(source: Image.Image) -> bytes | None:
+    """The source's EXIF: a JPEG/PNG/WebP's EXIF block, or a TIFF's descriptive tags."""
+    if source.info.get("exif"):
+        return bytes(source.info["exif"])
+    if source.format != "TIFF":
+        return None
+    tags = source.getexif()
+    exif = Image.Exif()
+    for tag in _TIFF_EXIF_TAGS:
+        if tag in tags:
+            exif[tag] = tags[tag]
+    return exif.tobytes() if len(exif) else None
+
+
 def _save_options(source: Image.Image | None, image: Image.Image, fmt: str) -> dict[str, Any]:
     """Carry what the source file said about itself into the output file."""
     options: dict[str, Any] = {}
@@ -307,8 +326,9 @@ def _save_options(source: Image.Image | None, image: Image.Image, fmt: str) -> d
     info = source.info
     if info.get("icc_profile"):
         options["icc_profile"] = info["icc_profile"]
-    if info.get("exif"):
-        options["exif"] = info["exif"]
+    exif = _source_exif(source)
+    if exif:
+        options["exif"] = exif
     if "dpi" in info:
         options["dpi"] = info["dpi"]
     if fmt == "JPEG":
@@ -319,6 +339,11 @@ def _save_options(source: Image.Image | None, image: Image.Image, fmt: str) -> d
                 options["subsampling"] = sampling
         else:
             options["quality"] = 95
+    if fmt == "GIF" and "background" in info:
+        # Pillow's GIF writer reads the image's own info: a whole-image pipeline keeps
+        # the source's background (a WebP canvas colour, a GIF index) and writes it into
+        # the palette, so the merged canvas is saved with it too.
+        options["background"] = info["background"]
     if "transparency" in image.info and fmt in ("PNG", "GIF"):
         options["transparency"] = image.info["transparency"]
     return options
