@@ -5,7 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir ".[flower]" && useradd --create-home tilechord
+RUN pip install --no-cache-dir . && useradd --create-home tilechord
 USER tilechord
 
 # Overridden per service in docker-compose.yml; this is the worker.
