@@ -72,7 +72,7 @@ def test_flower_lists_every_edit_and_the_merge_succeeded_with_readable_args_and_
     flower: Flower, finished_job: tuple[str, bytes]
 ) -> None:
     job_id, _ = finished_job
-    tasks = job_tasks(flower, job_id, expected=7)
+    tasks = job_tasks(flower, job_id, expected=8)  # the split, six edits and the merge
     names = [t["name"] for t in tasks.values()]
     assert names.count("tilechord.edit") == 6 and names.count("tilechord.merge") == 1, names
     assert {t["state"] for t in tasks.values()} == {"SUCCESS"}

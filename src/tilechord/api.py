@@ -121,7 +121,12 @@ class Job:
             return "SUCCESS"
         if self._error is not None:
             return "FAILURE"
-        return str(self._async_result().state)
+        split = self._async_result()
+        state = str(split.state)
+        if state != "SUCCESS" or (isinstance(split.result, dict) and "bytes" in split.result):
+            return state  # not past the split yet, or a one-tile job the split finished
+        merge = str(AsyncResult(self._keys.task_id("merge"), app=self._client.app).state)
+        return "STARTED" if merge == "PENDING" else merge  # the tiles are being edited
 
     def _async_result(self) -> AsyncResult:
         return AsyncResult(self.id, app=self._client.app)
@@ -181,19 +186,22 @@ class Job:
             raise
 
     def _poll_failure(self) -> dict[str, Any] | None:
-        """Celery's own record, for failures the tasks could not report themselves."""
-        if self._async_result().state == "FAILURE":
-            return self._failure_message()
-        return None
+        """Celery's own record, for failures the tasks could not report themselves.
 
-    def _failure_message(self) -> dict[str, Any]:
-        # A failure the tasks could not report themselves (a task killed too often, a
-        # message that could not be decoded): fall back to Celery's own record.
-        message = self._client.store.wait(self._keys, 0.01)
+        (A task killed too often, a message that could not be decoded.)  The split's
+        record is the job id's; once it succeeded, the merge's is ``<job>-merge``.
+        """
+        split = self._async_result()
+        failed = split if split.state == "FAILURE" else None
+        if failed is None and split.state == "SUCCESS":
+            merge = AsyncResult(self._keys.task_id("merge"), app=self._client.app)
+            failed = merge if merge.state == "FAILURE" else None
+        if failed is None:
+            return None
+        message = self._client.store.wait(self._keys, 0.01)  # the task's own report wins
         if message is not None:
             return message
-        result: object = self._async_result().result
-        return {"ok": False, "error": "JobFailed", "message": f"job {self.id} failed: {result!r}"}
+        return {"ok": False, "error": "JobFailed", "message": f"job {self.id} failed: {failed.result!r}"}
 
     def _timeout(self, limit: float) -> JobTimeout:
         state = self._async_result().state

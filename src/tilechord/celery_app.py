@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import threading
+from typing import Any
 
 from celery import Celery
+from celery.app import backends
+from celery.backends.redis import RedisBackend
 
 from .config import Settings, celery_config
 from .errors import ConfigurationError
@@ -19,11 +22,31 @@ from .store import BlobStore
 __all__ = ["TilechordCelery", "create_app", "default_app", "load_plugins"]
 
 
+class ResultBackend(RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend, without a pub/sub subscription per sent task.
+
+    ``apply_async`` subscribes the sender to each task's result channel so that
+    ``AsyncResult.get()`` can wait on it.  tilechord's client waits on a list of its own
+    (BLPOP on ``tilechord:<job>:done``) and reads task states with plain GETs, so the
+    subscriptions only cost a round trip each, and leave results whose ``__del__``
+    tries to unsubscribe, and reconnect, after Redis is gone.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
 class TilechordCelery(Celery):  # type: ignore[misc]
     """A Celery app that also carries tilechord's settings and blob store."""
 
     tilechord_settings: Settings
     store: BlobStore
+
+    def _get_backend(self) -> Any:
+        backend, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
+        if backend is RedisBackend:
+            backend = ResultBackend
+        return backend(app=self, url=url)
 
 
 def load_plugins(names: tuple[str, ...]) -> None:

@@ -2,17 +2,21 @@
 
 A job with no global operation is ``split -> chord(edit x N) -> merge``:
 
-* ``tilechord.split`` decodes the source (every frame of an animation), cuts it into
-  tiles with halos, stores them, and replaces itself with the chord, so the job's id
-  ends up naming the merge's result.
+* ``tilechord.split`` (task id: the job id) decodes the source (every frame of an
+  animation), cuts it into tiles with halos, stores them and sends the chord; a small
+  JPEG's tiles decode the source themselves, and a job of one tile is done right here.
 * ``tilechord.edit`` runs the pipeline on one tile and stores the trimmed core.
-* ``tilechord.merge`` pastes the cores into one image per frame, encodes it, stores it
-  and tells the waiting client.
+* ``tilechord.merge`` (``<job>-merge``) pastes the cores into one image per frame,
+  encodes it, stores it and tells the waiting client.
+
+Each task has an id of its own (``<job>-edit-3`` ...), so Flower lists every one; the
+split sends the next stage rather than ``Task.replace``-ing itself, which would hand its
+id on to the merge (celery/celery#7596) and hide the split.
 
 Each global operation (``contrast``, ``autocontrast``, ``equalize``) adds a stage before
 the edits: ``chord(stats x N) -> reduce``.  ``tilechord.stats`` runs the pipeline up to
 the global step on one tile and stores its core's histogram; ``tilechord.reduce`` adds
-them into the whole image's, stores it, and replaces itself with the next stage.  Later
+them into the whole image's, stores it, and sends the next stage.  Later
 stages apply the global step with that histogram, so every tile sees the same statistic.
 
 Messages carry the job id, tile geometry and the pipeline: a few hundred bytes whatever
@@ -55,7 +59,19 @@ Plan = dict[str, Any]  # {"sizes": [[w, h] per frame], "timing": {...}}: stored 
 
 
 def _short(pipeline: Pipeline) -> str:
-    text = str(pipeline)
+    return _clip(str(pipeline))
+
+
+def _ops_text(ops: list[Any]) -> str:
+    """A pipeline's json as a readable line for logs, without needing its operations."""
+    steps = [
+        str(name) + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        for name, params in ops
+    ]
+    return _clip(" | ".join(steps) or "identity")
+
+
+def _clip(text: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -94,7 +110,7 @@ DECODE_IN_PLACE_FORMATS = frozenset({"JPEG"})
 
 
 def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
-    """The job's first task, with the job id as its task id (and so the result's id)."""
+    """The job's first task, with the job id as its task id."""
     return (
         app.tasks["tilechord.split"]
         .si(spec)
@@ -138,10 +154,16 @@ def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
 
 
 def _finish(
-    app: TilechordCelery, keys: JobKeys, spec: JobSpec, frames: list[Image.Image], timing: Any
+    app: TilechordCelery,
+    keys: JobKeys,
+    spec: JobSpec,
+    frames: list[Image.Image],
+    timing: Any,
+    source: codec.Data | None = None,
 ) -> Any:
-    """Encode the result, store it, and tell the waiting client."""
-    source = app.store.get(keys, keys.source)
+    """Encode the result (with the source's metadata), store it, and tell the waiting client."""
+    if source is None:
+        source = app.store.get(keys, keys.source)
     original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
     data = codec.encode_frames(frames, spec["format"], original, codec.Timing.from_json(timing))
     app.store.put(keys, keys.result, data)
@@ -178,6 +200,18 @@ def _cut(
         app.store.put(keys, keys.tile(tile["index"]), codec.pack_raw(piece))
     app.store.put(keys, keys.plan, json.dumps(plan).encode())
     return plan
+
+
+def _summary(spec: JobSpec, plan: Plan, pipeline: Pipeline) -> dict[str, Any]:
+    """The split's result as Flower shows it: how the job was laid out."""
+    return {
+        "tiles": _tile_count(spec, plan["sizes"]),
+        "frames": len(plan["sizes"]),
+        "size": plan["sizes"][0],
+        "halo": pipeline.halo,
+        "stages": len(pipeline.global_steps) + 1,
+        "decode": "in each tile" if plan.get("decode") else "once, in the split",
+    }
 
 
 def _box(values: list[int]) -> tuple[int, int, int, int]:
@@ -217,7 +251,10 @@ def _next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> 
         body = (
             app.tasks["tilechord.reduce"]
             .si(spec, stage)
-            .set(argsrepr=f"job {job}: add {len(parts)} histograms for {step.spec}")
+            .set(
+                task_id=keys.task_id(f"reduce{stage}"),
+                argsrepr=f"job {job}: add {len(parts)} histograms for {step.spec}",
+            )
         )
         return chord(header, body)
     header = group(
@@ -232,8 +269,9 @@ def _next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> 
         app.tasks["tilechord.merge"]
         .si(spec)
         .set(
+            task_id=keys.task_id("merge"),
             argsrepr=f"job {job}: {len(parts)} tiles -> {frames}"
-            f"{sizes[0][0]}x{sizes[0][1]} {spec['format'] or 'raw'}"
+            f"{sizes[0][0]}x{sizes[0][1]} {spec['format'] or 'raw'}",
         )
     )
     return chord(header, body)
@@ -256,15 +294,17 @@ def register_tasks(app: TilechordCelery) -> None:
     @task("tilechord.split")
     def split(self: Task, spec: JobSpec) -> Any:
         keys = JobKeys(spec["job"])
-        pipeline = Pipeline.from_json(spec["ops"])
         with _reported(app, keys, "split"):
+            pipeline = Pipeline.from_json(spec["ops"])  # in here: a worker without a plugin reports it
             source = store.get_pixels(keys, keys.source)
             plan = _cut(app, keys, spec, pipeline, source)
             if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
                 edited = pipeline.apply(plan)
                 store.tile_done(keys)
-                return _finish(app, keys, spec, [edited], {})
-        return self.replace(_next_stage(app, spec, plan, 0))  # raises Ignore: not inside _reported
+                return _finish(app, keys, spec, [edited], {}, source)
+            stage = _next_stage(app, spec, plan, 0)
+            stage.apply_async(add_to_parent=False)  # the split's result stays a short summary
+        return _summary(spec, plan, pipeline)
 
     @task("tilechord.stats")
     def stats(self: Task, job: str, ops: list[Any], stage: int, tile: TileSpec) -> dict[str, Any]:
@@ -292,12 +332,13 @@ def register_tasks(app: TilechordCelery) -> None:
                 by_frame[tile["frame"]].append(_load_json(app, keys, keys.partial(stage, tile["index"])))
             whole = [add_histograms(parts) for parts in by_frame]
             store.put(keys, keys.statistic(stage), json.dumps(whole).encode())
-        return self.replace(_next_stage(app, spec, plan, stage + 1))
+            _next_stage(app, spec, plan, stage + 1).apply_async(add_to_parent=False)
+        return {"stage": stage + 1, "tiles": sum(len(parts) for parts in by_frame)}
 
     @task("tilechord.edit")
     def edit(self: Task, job: str, ops: list[Any], tile: TileSpec) -> dict[str, Any]:
         keys = JobKeys(job)
-        with _reported(app, keys, f"edit of {tile['label']}"):
+        with _reported(app, keys, f"edit of {tile['label']} [{_ops_text(ops)}]"):
             pipeline = Pipeline.from_json(ops)
             piece = _piece(app, keys, tile)
             known = _histograms(app, keys, pipeline, tile["frame"], len(pipeline.global_steps))
@@ -325,7 +366,30 @@ def register_tasks(app: TilechordCelery) -> None:
             frames = [c for c in canvases if c is not None]
             return _finish(app, keys, spec, frames, plan["timing"])
 
-    del split, stats, reduce, edit, merge  # registered on the app; reach them through app.tasks
+    @task("tilechord.batch")
+    def batch(self: Task, ops: list[Any], format: str | None, jobs: list[str]) -> dict[str, Any]:
+        """Several small one-tile jobs in one task: a Celery round trip costs more than they do.
+
+        Each job keeps its own keys, result and error; one failing image fails only its
+        own job, and a re-delivered batch redoes its jobs harmlessly.
+        """
+        done = 0
+        for job in jobs:
+            keys = JobKeys(job)
+            spec: JobSpec = {"job": job, "ops": ops, "format": format}
+            try:
+                with _reported(app, keys, f"batch item [{_ops_text(ops)}]"):
+                    pipeline = Pipeline.from_json(ops)
+                    source = store.get_pixels(keys, keys.source)
+                    edited = pipeline.apply(codec.decode(source, app.tilechord_settings.max_pixels))
+                    store.tile_done(keys)
+                    _finish(app, keys, spec, [edited], {}, source)
+                done += 1
+            except Exception:  # reported to that job's own client by _reported
+                continue
+        return {"jobs": len(jobs), "done": done}
+
+    del split, stats, reduce, edit, merge, batch  # registered on the app; reach them through app.tasks
 
 
 def _blank_like(piece: Image.Image, size: tuple[int, int]) -> Image.Image:
