@@ -11,7 +11,9 @@ import pty
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -330,3 +332,41 @@ def test_module_level_map_is_exported() -> None:
     assert tilechord.map is tilechord.api.map
     for name in ("map", "MapResult", "MapProgress"):
         assert name in tilechord.__all__
+
+
+def test_map_sends_small_images_several_to_a_task_and_a_bad_one_fails_alone(
+    client: Client, messages: Callable[[], list[dict[str, Any]]], no_leftovers: None
+) -> None:
+    sources: list[bytes] = []
+    for i in range(21):
+        buffer = io.BytesIO()
+        photo(60 + i, 40, seed=i).save(buffer, "PNG")
+        sources.append(buffer.getvalue())
+    # A header the client accepts, pixels the worker cannot decode: it fails in its batch.
+    sources[5] = sources[5][: len(sources[5]) // 2]
+    results = sorted(client.map(sources, [BLUR], grid="auto", batch=8), key=lambda r: r.index)
+    assert [r.index for r in results] == list(range(21))
+    assert isinstance(results[5].error, InvalidImage), results[5]
+    for result in results[:5] + results[6:]:
+        assert result.ok, result.error
+        assert result.tiles == 1
+        assert same_pixels(Image.open(io.BytesIO(result.unwrap())), blurred(sources[result.index]))
+    tasks = [m["task"] for m in messages()]
+    assert "tilechord.split" not in tasks and "tilechord.edit" not in tasks
+    assert 3 <= tasks.count("tilechord.batch") < 21  # 21 images, 8 to a task at most
+
+
+def test_a_batch_carries_each_jobs_own_metadata_and_format(client: Client, no_leftovers: None) -> None:
+    image = photo(50, 40, seed=3)
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=70, dpi=(300, 300))
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    results = sorted(client.map([jpeg.getvalue(), png.getvalue()] * 3, ["invert"], grid="auto"),
+                     key=lambda r: r.index)  # fmt: skip
+    for result in results:
+        out = Image.open(io.BytesIO(result.unwrap()))
+        assert out.format == ("JPEG" if result.index % 2 == 0 else "PNG")
+        if out.format == "JPEG":
+            assert out.info.get("dpi") == (300, 300)
+            assert out.quantization == Image.open(jpeg).quantization

@@ -59,6 +59,7 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | I
 GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
 
 DEFAULT_GRID = (2, 1)
+DEFAULT_BATCH = 16  # small images per task in Client.map
 _POLL = 0.5  # seconds between checks of Celery's own state while waiting
 
 #: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
@@ -98,9 +99,18 @@ def read_source(source: Source, max_bytes: int) -> bytes:
 class Job:
     """A submitted job.  :meth:`get` waits for it, returns the result and frees its data."""
 
-    def __init__(self, client: Client, keys: JobKeys, tiles: int, fmt: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        client: Client,
+        keys: JobKeys,
+        tiles: int,
+        fmt: str | None,
+        timeout: float,
+        task_id: str | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
+        self._task_id = keys.job_id if task_id is None else task_id  # a batch's, for small jobs
         self.tiles = tiles
         self.format = fmt
         self.timeout = timeout
@@ -123,13 +133,16 @@ class Job:
             return "FAILURE"
         split = self._async_result()
         state = str(split.state)
+        if self._task_id != self.id:
+            return state  # a small job in a batch: the batch's task is the whole story
         if state != "SUCCESS" or (isinstance(split.result, dict) and "bytes" in split.result):
             return state  # not past the split yet, or a one-tile job the split finished
         merge = str(AsyncResult(self._keys.task_id("merge"), app=self._client.app).state)
         return "STARTED" if merge == "PENDING" else merge  # the tiles are being edited
 
     def _async_result(self) -> AsyncResult:
-        return AsyncResult(self.id, app=self._client.app)
+        """The Celery task that started the job: its split, or the batch it travels in."""
+        return AsyncResult(self._task_id, app=self._client.app)
 
     def progress(self) -> tuple[int, int]:
         """``(tiles edited, tiles in all)``."""
@@ -174,30 +187,40 @@ class Job:
         finally:
             self._cleanup()
 
-    def _settle(self, message: dict[str, Any]) -> bytes:
-        """Turn the job's end message into its result, or raise its typed error."""
+    def _settle(self, message: dict[str, Any], data: bytes | None = None) -> bytes:
+        """Turn the job's end message into its result (*data*, if read already), or its error."""
         try:
             if not message.get("ok"):
                 raise error_from_name(message.get("error", "JobFailed"), message.get("message", ""))
-            self._result = self._client.store.get(self._keys, self._keys.result)
-            return self._result
+            if data is None:
+                data = self._client.store.get(self._keys, self._keys.result)
+            self._result = data
+            return data
         except TilechordError as exc:
             self._error = exc
             raise
 
     def _poll_failure(self) -> dict[str, Any] | None:
-        """Celery's own record, for failures the tasks could not report themselves.
+        """Celery's own record, for failures the tasks could not report themselves."""
+        failed = self._celery_failure()
+        return None if failed is None else self._failure_message(failed)
 
-        (A task killed too often, a message that could not be decoded.)  The split's
-        record is the job id's; once it succeeded, the merge's is ``<job>-merge``.
+    def _celery_failure(self) -> AsyncResult | None:
+        """The job's task that failed without telling the client (killed too often ...).
+
+        The split's record is the job id's; once it succeeded, the merge's is
+        ``<job>-merge``.  A small job in a batch has the batch's.
         """
-        split = self._async_result()
-        failed = split if split.state == "FAILURE" else None
-        if failed is None and split.state == "SUCCESS":
+        first = self._async_result()
+        state = first.state
+        if state == "FAILURE":
+            return first
+        if state == "SUCCESS" and self._task_id == self.id:
             merge = AsyncResult(self._keys.task_id("merge"), app=self._client.app)
-            failed = merge if merge.state == "FAILURE" else None
-        if failed is None:
-            return None
+            return merge if merge.state == "FAILURE" else None
+        return None
+
+    def _failure_message(self, failed: AsyncResult) -> dict[str, Any]:
         message = self._client.store.wait(self._keys, 0.01)  # the task's own report wins
         if message is not None:
             return message
@@ -296,6 +319,22 @@ class _Flight:
         )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A job checked by :meth:`Client.plan`, not yet sent."""
+
+    data: bytes
+    pipeline: Pipeline
+    grid: Grid
+    info: codec.SourceInfo
+    format: str | None
+    frames: int
+
+    @property
+    def tiles(self) -> int:
+        return self.grid.cols * self.grid.rows * self.frames
+
+
 class Client:
     """Submits jobs with one set of :class:`Settings`.
 
@@ -343,13 +382,29 @@ class Client:
         format: str | None,
     ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
         """Validate a job completely without enqueuing anything."""
+        return self._plan(data, ops, grid, format)
+
+    def _plan(
+        self,
+        data: bytes,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None,
+        grid: GridSpec,
+        format: str | None,
+        checked: dict[tuple[str, str | None], str | None] | None = None,
+    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
         settings = self._requested
         pipeline = parse_pipeline(ops)
         info = codec.inspect_source(data, settings.max_pixels)
-        out_mode = pipeline.check_mode(info.mode)
         fmt = format if format is not None else info.format
-        if fmt is not None:
-            fmt = codec.check_format(fmt, out_mode)
+        key = (info.mode, fmt)
+        if checked is not None and key in checked:  # a batch: same pipeline, same mode and format
+            fmt = checked[key]
+        else:
+            out_mode = pipeline.check_mode(info.mode)
+            if fmt is not None:
+                fmt = codec.check_format(fmt, out_mode)
+            if checked is not None:
+                checked[key] = fmt
         if isinstance(grid, str) and grid.strip().lower() == "auto":
             chosen = auto_grid(info.size[0], info.size[1], max(1, settings.workers))
         else:
@@ -383,29 +438,65 @@ class Client:
         format: str | None,
         timeout: float | None,
     ) -> Job:
-        pipeline, used, info, fmt = self.plan(data, ops, grid, format)
+        return self._start(self._prepare(data, ops, grid, format), timeout)
+
+    def _prepare(
+        self,
+        data: bytes,
+        ops: Iterable[OpSpec] | OpSpec | Pipeline | None,
+        grid: GridSpec,
+        format: str | None,
+        checked: dict[tuple[str, str | None], str | None] | None = None,
+    ) -> _Prepared:
+        pipeline, used, info, fmt = self._plan(data, ops, grid, format, checked)
         frames = codec.frame_count(info, fmt, self._requested.max_pixels)
+        return _Prepared(data, pipeline, used, info, fmt, frames)
+
+    def _start(self, job: _Prepared, timeout: float | None) -> Job:
         app = self.app
         keys = JobKeys(new_job_id())
         spec: JobSpec = {
             "job": keys.job_id,
-            "ops": pipeline.to_json(),
-            "grid": [used.cols, used.rows],
-            "format": fmt,
-            "frames": frames,
+            "ops": job.pipeline.to_json(),
+            "grid": [job.grid.cols, job.grid.rows],
+            "format": job.format,
+            "frames": job.frames,
         }
+        info = job.info
         describe = (
-            f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, grid {used}, [{pipeline}]"
+            f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "
+            f"grid {job.grid}, [{job.pipeline}]"
         )
         app.store.open_job(keys)
         try:
-            app.store.put(keys, keys.source, data)
+            app.store.put(keys, keys.source, job.data)
             split_signature(app, spec, describe).apply_async()
         except BaseException:
             app.store.cleanup(keys)
             raise
         limit = self._requested.job_timeout if timeout is None else timeout
-        return Job(self, keys, used.cols * used.rows * frames, fmt, limit)
+        return Job(self, keys, job.tiles, job.format, limit)
+
+    def _start_batch(self, jobs: list[_Prepared], timeout: float | None) -> list[Job]:
+        """Small one-tile jobs with one pipeline and format, sent as one ``tilechord.batch`` task."""
+        app = self.app
+        first = jobs[0]
+        keys = [JobKeys(new_job_id()) for _ in jobs]
+        batch_id = keys[0].task_id("batch")
+        app.store.open_jobs([(k, job.data) for k, job in zip(keys, jobs, strict=True)])
+        try:
+            app.tasks["tilechord.batch"].si(
+                first.pipeline.to_json(), first.format, [k.job_id for k in keys]
+            ).set(
+                task_id=batch_id,
+                argsrepr=f"{len(jobs)} small jobs, {keys[0].job_id} ... [{first.pipeline}]",
+            ).apply_async()
+        except BaseException:
+            for k in keys:
+                app.store.cleanup(k)
+            raise
+        limit = self._requested.job_timeout if timeout is None else timeout
+        return [Job(self, k, 1, first.format, limit, task_id=batch_id) for k in keys]
 
     def process(
         self,
@@ -440,40 +531,59 @@ class Client:
         sources: Iterable[Source],
         ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
         *,
-        grid: GridSpec = DEFAULT_GRID,
+        grid: GridSpec = "auto",
         format: str | None = None,
         timeout: float | None = None,
         jobs: int | None = None,
+        batch: int = DEFAULT_BATCH,
         on_progress: MapProgressCallback | None = None,
     ) -> Generator[MapResult, None, None]:
         """Run the same pipeline on every source, one job each; yield outcomes as they finish.
 
-        At most *jobs* jobs are in flight at once (default: twice the configured workers),
+        At most *jobs* tasks are in flight at once (default: twice the configured workers),
         so a long batch neither floods Redis with sources nor reads them all into memory:
-        a source is read only when its job is submitted.  Every source yields exactly one
-        :class:`MapResult`, in completion order (``index`` gives the position); a bad image
-        is a failed result, not an exception.  A malformed pipeline or grid raises at once,
-        and a lost broker raises :class:`BrokerUnavailable`.  ``on_progress`` is called
-        with a :class:`MapProgress` (in this thread) whenever something changes.  Closing
-        the iterator early cancels the jobs still in flight.
+        a source is read only when its job is submitted.  Small images (one tile each,
+        which ``grid="auto"`` gives anything under a megapixel or so) travel up to *batch*
+        to a task, since a Celery round trip costs more than editing one of them.  Every
+        source yields exactly one :class:`MapResult`, in completion order (``index`` gives
+        the position); a bad image is a failed result, not an exception.  A malformed
+        pipeline or grid raises at once, and a lost broker raises :class:`BrokerUnavailable`.
+        ``on_progress`` is called with a :class:`MapProgress` (in this thread) whenever
+        something changes.  Closing the iterator early cancels the jobs still in flight.
         """
         limit = 2 * max(1, self._requested.workers) if jobs is None else jobs
         if limit < 1:
             raise ValueError(f"jobs must be at least 1, not {limit}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
         pipeline = parse_pipeline(ops)
         if not (isinstance(grid, str) and grid.strip().lower() == "auto"):
             parse_grid(grid, max_side=self._requested.max_side)
         total = len(sources) if isinstance(sources, Sized) else None
         pending = enumerate(sources)
         flying: dict[str, _Flight] = {}  # by the job's "done" key
+        waiting: dict[str | None, list[tuple[int, Source, _Prepared]]] = {}  # small jobs, by format
+        checked: dict[tuple[str, str | None], str | None] = {}  # the pipeline's checks, by mode
         done = failed = tiles_finished = tiles_total = 0
         reported: MapProgress | None = None
+
+        def tasks_in_flight() -> int:
+            return len({flight.job._task_id for flight in flying.values()})
+
+        def launch(small: list[tuple[int, Source, _Prepared]]) -> None:
+            nonlocal tiles_total
+            started = self._start_batch([p for _, _, p in small], timeout)
+            for (index, source, _), job in zip(small, started, strict=True):
+                flying[job._keys.done] = _Flight(index, source, job)
+                tiles_total += 1
 
         def report() -> None:
             nonlocal reported
             if on_progress is None:
                 return
-            running = sum(min(f.job.tiles, self.store.tiles_done(f.job._keys)) for f in flying.values())
+            jobs_now = [f.job for f in flying.values()]
+            counts = self.store.tiles_done_many([j._keys for j in jobs_now])
+            running = sum(min(j.tiles, n) for j, n in zip(jobs_now, counts, strict=True))
             now = MapProgress(done, failed, total, len(flying), tiles_finished + running, tiles_total)
             if now != reported:
                 reported = now
@@ -482,7 +592,7 @@ class Client:
         try:
             exhausted = False
             while True:
-                while not exhausted and len(flying) < limit:
+                while not exhausted and tasks_in_flight() < limit:
                     try:
                         index, source = next(pending)
                     except StopIteration:
@@ -490,7 +600,15 @@ class Client:
                         break
                     started = time.monotonic()
                     try:
-                        job = self.submit(source, pipeline, grid=grid, format=format, timeout=timeout)
+                        data = read_source(source, self._requested.max_bytes)
+                        prepared = self._prepare(data, pipeline, grid, format, checked)
+                        if prepared.tiles == 1 and batch > 1:
+                            group = waiting.setdefault(prepared.format, [])
+                            group.append((index, source, prepared))
+                            if len(group) >= batch:
+                                launch(waiting.pop(prepared.format))
+                            continue
+                        job = self._start(prepared, timeout)
                     except BrokerUnavailable:
                         raise
                     except TilechordError as exc:
@@ -501,6 +619,8 @@ class Client:
                         continue
                     flying[job._keys.done] = _Flight(index, source, job)
                     tiles_total += job.tiles
+                for fmt in list(waiting):  # never hold small jobs back while workers wait
+                    launch(waiting.pop(fmt))
                 report()
                 if not flying:
                     if exhausted:
@@ -518,39 +638,69 @@ class Client:
                     flight.job.cancel()
 
     def _finished(self, flying: dict[str, _Flight]) -> list[MapResult]:
-        """Wait up to a poll interval for jobs in *flying* to end; remove and return them."""
-        ended: list[MapResult] = []
+        """Wait up to a poll interval for jobs in *flying* to end; remove and return them.
+
+        Ends come by the jobs' own lists: BLPOP over all of them, then a look at the
+        lists of the same task's other jobs (a batch ends its jobs one after another).
+        Celery's records are looked at only when nothing came for a poll interval, once
+        per task, and results are read and keys deleted for all ended jobs at once.
+        """
         client = self.store.client
+        messages: dict[str, dict[str, Any]] = {}
         try:
             item = client.blpop(list(flying), timeout=_POLL)
+            if item is not None:
+                key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
+                messages[key] = json.loads(item[1])
+                task = flying[key].job._task_id
+                siblings = [k for k, f in flying.items() if k != key and f.job._task_id == task]
+                if siblings:
+                    pipe = client.pipeline(transaction=False)
+                    for k in siblings:
+                        pipe.lpop(k)
+                    for k, value in zip(siblings, pipe.execute(), strict=True):
+                        if value is not None:
+                            messages[k] = json.loads(value)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerUnavailable(
                 f"lost the connection to Redis at {redact_url(self.store.url)}: {exc}"
             ) from None
-        messages: dict[str, dict[str, Any]] = {}
-        if item is not None:
-            key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
-            messages[key] = json.loads(item[1])
         now = time.monotonic()
+        polled: dict[str, AsyncResult | None] = {}
+        ended: list[tuple[_Flight, dict[str, Any] | TilechordError]] = []
         for key, flight in list(flying.items()):
             job = flight.job
             message = messages.get(key)
             try:
-                if message is None:
-                    if now - flight.started > job.timeout:
-                        raise job._timeout(job.timeout)
-                    message = job._poll_failure()
-                if message is None:
-                    continue
-                ended.append(flight.outcome(data=job._settle(message)))
+                if message is None and now - flight.started > job.timeout:
+                    raise job._timeout(job.timeout)
+                if message is None and item is None:
+                    if job._task_id not in polled:  # a batch: one look for all its jobs
+                        polled[job._task_id] = job._celery_failure()
+                    failed = polled[job._task_id]
+                    if failed is not None:
+                        message = job._failure_message(failed)
             except BrokerUnavailable:
                 raise
             except TilechordError as exc:
-                job._error = exc
-                ended.append(flight.outcome(error=exc))
-            del flying[key]
-            job._cleanup()
-        return ended
+                ended.append((flight, exc))
+                del flying[key]
+                continue
+            if message is not None:
+                ended.append((flight, message))
+                del flying[key]
+        wanted = [(f.job._keys, isinstance(m, dict) and bool(m.get("ok"))) for f, m in ended]
+        results = self.store.collect(wanted)
+        outcomes: list[MapResult] = []
+        for (flight, end), data in zip(ended, results, strict=True):
+            try:
+                if isinstance(end, TilechordError):
+                    raise end
+                outcomes.append(flight.outcome(data=flight.job._settle(end, data)))
+            except TilechordError as exc:
+                flight.job._error = exc
+                outcomes.append(flight.outcome(error=exc))
+        return outcomes
 
     def close(self) -> None:
         with self._lock:

@@ -142,11 +142,11 @@ def cli() -> None:
 )
 @click.option(
     "--grid",
-    default="2x1",
-    show_default=True,
+    default=None,
     metavar="COLSxROWS",
     help="How to cut the image into tiles, one edit task each; 'auto' picks one from the "
-    "image size and the number of workers.",
+    "image size and the number of workers.  [default: 2x1 for one image; auto for a batch, "
+    "where small images then travel several to a task]",
 )
 @click.option(
     "--format",
@@ -168,7 +168,8 @@ def cli() -> None:
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
-    help="Batch: images in flight at once [default: twice the workers].",
+    help="Batch: tasks in flight at once (a task carries one image, or up to 16 small ones) "
+    "[default: twice the workers].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Batch: no progress output (errors still go to stderr).")
 @click.option(
@@ -181,7 +182,7 @@ def run(
     inputs: tuple[str, ...],
     output: Path,
     ops: tuple[str, ...],
-    grid: str,
+    grid: str | None,
     fmt: str | None,
     redis_url: str | None,
     workers: int | None,
@@ -204,9 +205,9 @@ def run(
     """
     paths, batch = expand_inputs(inputs)
     if batch or output.is_dir() or str(output).endswith(("/", os.sep)):
-        _run_batch(paths, output, list(ops), grid, fmt, redis_url, workers, jobs, quiet, timeout)
+        _run_batch(paths, output, list(ops), grid or "auto", fmt, redis_url, workers, jobs, quiet, timeout)
         return
-    _run_one(paths[0], output, list(ops), grid, fmt, redis_url, workers, timeout)
+    _run_one(paths[0], output, list(ops), grid or "2x1", fmt, redis_url, workers, timeout)
 
 
 def _run_one(

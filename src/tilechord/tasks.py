@@ -159,15 +159,22 @@ def _finish(
     spec: JobSpec,
     frames: list[Image.Image],
     timing: Any,
-    source: codec.Data | None = None,
+    source: codec.Data | Image.Image | None = None,
+    count_tile: bool = False,
 ) -> Any:
-    """Encode the result (with the source's metadata), store it, and tell the waiting client."""
+    """Encode the result (with the source's metadata), store it, and tell the waiting client.
+
+    *source* is the source file's bytes, or the image decoded from them (its ``info`` and
+    tables are all the encoder needs), or ``None`` to read it back from Redis.
+    """
     if source is None:
         source = app.store.get(keys, keys.source)
-    original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
+    if isinstance(source, Image.Image):
+        original: Image.Image | None = source if source.format else None
+    else:
+        original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
     data = codec.encode_frames(frames, spec["format"], original, codec.Timing.from_json(timing))
-    app.store.put(keys, keys.result, data)
-    app.store.notify(keys, {"ok": True})
+    app.store.finish(keys, data, count_tile)
     return {
         "size": list(frames[0].size),
         "mode": frames[0].mode,
@@ -300,8 +307,7 @@ def register_tasks(app: TilechordCelery) -> None:
             plan = _cut(app, keys, spec, pipeline, source)
             if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
                 edited = pipeline.apply(plan)
-                store.tile_done(keys)
-                return _finish(app, keys, spec, [edited], {}, source)
+                return _finish(app, keys, spec, [edited], {}, plan, count_tile=True)
             stage = _next_stage(app, spec, plan, 0)
             stage.apply_async(add_to_parent=False)  # the split's result stays a short summary
         return _summary(spec, plan, pipeline)
@@ -381,9 +387,8 @@ def register_tasks(app: TilechordCelery) -> None:
                 with _reported(app, keys, f"batch item [{_ops_text(ops)}]"):
                     pipeline = Pipeline.from_json(ops)
                     source = store.get_pixels(keys, keys.source)
-                    edited = pipeline.apply(codec.decode(source, app.tilechord_settings.max_pixels))
-                    store.tile_done(keys)
-                    _finish(app, keys, spec, [edited], {}, source)
+                    image = codec.decode(source, app.tilechord_settings.max_pixels)
+                    _finish(app, keys, spec, [pipeline.apply(image)], {}, image, count_tile=True)
                 done += 1
             except Exception:  # reported to that job's own client by _reported
                 continue
