@@ -180,12 +180,21 @@ class Job:
                         seen = done
                         on_progress(done, self.tiles)
                 if message is not None:
-                    return self._settle(message)
+                    break
+        except TilechordError as exc:
+            self._error = exc
+            self._cleanup()
+            raise
+        except BaseException:
+            self._cleanup()
+            raise
+        try:
+            # The result and the cleanup in two round trips (a small job's budget is tight).
+            (data,) = self._client.store.collect([(self._keys, bool(message.get("ok")))])
         except TilechordError as exc:
             self._error = exc
             raise
-        finally:
-            self._cleanup()
+        return self._settle(message, data)
 
     def _settle(self, message: dict[str, Any], data: bytes | None = None) -> bytes:
         """Turn the job's end message into its result (*data*, if read already), or its error."""
@@ -467,9 +476,8 @@ class Client:
             f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "
             f"grid {job.grid}, [{job.pipeline}]"
         )
-        app.store.open_job(keys)
+        app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
-            app.store.put(keys, keys.source, job.data)
             split_signature(app, spec, describe).apply_async()
         except BaseException:
             app.store.cleanup(keys)
