@@ -17,7 +17,6 @@ import random
 import re
 import struct
 import subprocess
-import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 import redis
 from images import encoded, photo
 from PIL import Image, ImageOps
+from procs import tilechord_cli
 
 import tilechord
 from tilechord import Client, Settings
@@ -337,15 +337,7 @@ def cli_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tilechord", "run", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+    return tilechord_cli("run", *args, env=env, cwd=cwd)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], message: str, password: str | None) -> str:

@@ -19,6 +19,7 @@ import pytest
 import redis
 from images import photo
 from PIL import Image, ImageFilter, ImageOps
+from procs import tilechord_cli
 
 import tilechord
 from tilechord import Client, InvalidImage, MapProgress, MapResult, UnknownOperation
@@ -40,15 +41,7 @@ def same_pixels(result: Image.Image, expected: Image.Image) -> bool:
 
 def run_cli(*args: str, redis_url: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILECHORD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tilechord", "run", *args, "--redis", redis_url],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
+    return tilechord_cli("run", *args, "--redis", redis_url, env=env, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,13 @@ import redis
 from celery.result import AsyncResult
 from images import encoded, photo
 from PIL import Image, ImageFilter, ImageOps
+from procs import wait_for
 
 import tilechord
 from conftest import PLUGINS, tilechord_keys, worker_env
 from tilechord import Client, Settings, codec
 from tilechord.cluster import EmbeddedRedis, WorkerPool
 from tilechord.keys import JobKeys
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 @pytest.mark.slow
