@@ -648,15 +648,17 @@ class Client:
     def _finished(self, flying: dict[str, _Flight]) -> list[MapResult]:
         """Wait up to a poll interval for jobs in *flying* to end; remove and return them.
 
-        Ends come by the jobs' own lists: BLPOP over all of them, then a look at the
-        lists of the same task's other jobs (a batch ends its jobs one after another).
+        Ends come by the jobs' own lists: BLPOP over one list per task (a batch ends its
+        jobs in order, so its last job's list), then a look at the lists of the same
+        task's other jobs.
         Celery's records are looked at only when nothing came for a poll interval, once
         per task, and results are read and keys deleted for all ended jobs at once.
         """
         client = self.store.client
         messages: dict[str, dict[str, Any]] = {}
         try:
-            item = client.blpop(list(flying), timeout=_POLL)
+            watch = {flight.job._task_id: key for key, flight in flying.items()}  # the last wins
+            item = client.blpop(list(watch.values()), timeout=_POLL)
             if item is not None:
                 key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
                 messages[key] = json.loads(item[1])
