@@ -501,10 +501,9 @@ class EventLog:
 def timeline(events: list[dict[str, Any]], job_id: str, t0: float, t_end: float) -> list[dict[str, Any]]:
     """Per task of the job: sent/received/started/succeeded in ms after submit, and runtime.
 
-    The split replaces itself with the chord, whose body (the merge) inherits the split's
-    task id, so one id names two tasks: events are attributed to the task last named for
-    that id.  The split sends no succeeded event (``replace`` ends it with ``Ignore``); its
-    end shows as the first edit's ``sent``.
+    Every task of a job has an id of its own (``<job>``, ``<job>-edit-i``, ``<job>-merge``);
+    an event is attributed to the task last named for its id.  ``chord out`` marks when the
+    split had sent its chord (the first edit's ``sent``).
     """
     current: dict[str, str] = {}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -527,7 +526,7 @@ def timeline(events: list[dict[str, Any]], job_id: str, t0: float, t_end: float)
     edits_sent = [e["sent"] for e in out if e["task"].startswith("edit") and "sent" in e]
     for e in out:
         if e["task"] == "split" and edits_sent:
-            e["replaced"] = min(edits_sent)  # the chord's first edit is out: the split is done
+            e["chord out"] = min(edits_sent)  # the split has sent its chord
     out.append({"task": "client has the result", "done": round((t_end - t0) * 1000, 1)})
     return out
 
@@ -759,7 +758,7 @@ def print_timeline(title: str, events: list[dict[str, Any]]) -> None:
     for e in events:
         parts = [
             f"{k} {e[k]:.1f}"
-            for k in ("sent", "received", "started", "replaced", "succeeded", "done")
+            for k in ("sent", "received", "started", "chord out", "succeeded", "done")
             if k in e
         ]
         if "runtime_ms" in e:
