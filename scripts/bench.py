@@ -48,7 +48,7 @@ from celery.signals import before_task_publish
 from kombu.serialization import dumps
 from PIL import Image, ImageDraw, ImageFilter, ImageOps, JpegImagePlugin
 
-from tilechord import Client, Settings, codec
+from tilechord import Client, Settings, codec, tasks
 from tilechord.cluster import LocalCluster
 from tilechord.geometry import tiles
 from tilechord.keys import JobKeys, new_job_id
@@ -608,7 +608,9 @@ def phase_breakdown(
     """Each step of tilechord's data path for one job, run by hand in this process.
 
     The same calls as ``tasks.py`` (``codec``, ``BlobStore``, ``Pipeline``) on the
-    cluster's Redis, one after the other on one core: this is the work, not the
+    cluster's Redis, in the same order and with the same choice of path (a JPEG in at
+    most ``DECODE_IN_PLACE_TILES`` tiles is decoded by each edit; otherwise the split
+    stores raw tiles), one after the other on one core: this is the work, not the
     parallel schedule (see the event timeline for that).  Steps in parentheses are
     asides, not part of the job: what parts of ``pack_raw``/``unpack_raw`` cost alone.
     """
@@ -616,44 +618,54 @@ def phase_breakdown(
     max_pixels = client.settings.max_pixels
     step = Phases()
     with step("client: plan (validate)"):
-        pipeline, used, _, fmt = client.plan(data, [spec], grid, "JPEG")
+        pipeline, used, info, fmt = client.plan(data, [spec], grid, "JPEG")
     keys = JobKeys(new_job_id())
-    store.open_job(keys)
+    in_place = (
+        info.format in tasks.DECODE_IN_PLACE_FORMATS
+        and 1 < used.cols * used.rows <= tasks.DECODE_IN_PLACE_TILES
+    )
     edit_ms: list[float] = []
     try:
         with step("client: SET source"):
-            store.put(keys, keys.source, data)
+            store.open_jobs([(keys, data)])
         with step("split: GET source"):
-            source = store.get(keys, keys.source)
-        with step("split: decode JPEG"):
-            image = codec.decode(source, max_pixels)
-        size = image.size
-        parts = tiles(image.width, image.height, used, pipeline.halo)
-        for tile in parts:
-            with step("split: crop tile"):
-                piece = image.crop(tile.cut)
-            with step("split: pack_raw"):
-                packed = codec.pack_raw(piece)
-            with step("split: SET tile"):
-                store.put(keys, keys.tile(tile.index), packed)
-            with step("(aside) tobytes alone"):
-                pixels = piece.tobytes()
-            with step("(aside) b''.join alone"):
-                b"".join((b"header", pixels))
-            del pixels, packed, piece
-        del image
+            source = store.get_pixels(keys, keys.source)
+        parts = tiles(info.size[0], info.size[1], used, pipeline.halo)
+        if in_place:
+            with step("split: read header"):
+                codec.inspect_source(source, max_pixels)
+        else:
+            with step("split: decode JPEG"):
+                image = codec.decode(source, max_pixels)
+            for tile in parts:
+                with step("split: crop tile"):
+                    piece = image.crop(tile.cut)
+                with step("split: pack_raw"):
+                    packed = codec.pack_raw(piece)
+                with step("split: SET tile"):
+                    store.put(keys, keys.tile(tile.index), packed)
+                with step("(aside) tobytes alone"):
+                    pixels = piece.tobytes()
+                with step("(aside) b''.join alone"):
+                    b"".join((b"header", pixels))
+                del pixels, packed, piece
+            del image
         for tile in parts:
             started = time.perf_counter()
-            with step("edit: GET tile"):
-                blob = store.get(keys, keys.tile(tile.index))
-            with step("edit: unpack_raw"):
-                piece, _ = codec.unpack_raw(blob)
-            offset = len(codec.RAW_MAGIC) + 4 + int.from_bytes(blob[len(codec.RAW_MAGIC) :][:4], "big")
-            with step("(aside) frombuffer alone"):
-                view = memoryview(blob)[offset:]
-                Image.frombuffer(piece.mode, piece.size, view, "raw", piece.mode, 0, 1)  # type: ignore[arg-type]
-            del view
-            del blob
+            if in_place:
+                with step("edit: GET source"):
+                    own = store.get(keys, keys.source)
+                with step("edit: decode JPEG"):
+                    whole = codec.decode(own, max_pixels)
+                with step("edit: crop tile"):
+                    piece = whole.crop(tile.cut)
+                del own, whole
+            else:
+                with step("edit: GET tile"):
+                    blob = store.get_pixels(keys, keys.tile(tile.index))
+                with step("edit: unpack_raw"):
+                    piece, _ = codec.unpack_raw(blob)
+                del blob
             with step("edit: filter"):
                 out = pipeline.apply(piece)
             left, top = tile.box[0] - tile.cut[0], tile.box[1] - tile.cut[1]
@@ -668,29 +680,29 @@ def phase_breakdown(
             edit_ms.append((time.perf_counter() - started) * 1000)
             del piece, out, core, packed
         with step("merge: new canvas"):
-            canvas = Image.new("RGB", pipeline.output_size(size))
+            canvas = Image.new("RGB", pipeline.output_size(info.size))
         for tile in parts:
             with step("merge: GET edited"):
-                blob = store.get(keys, keys.edited(tile.index))
+                view = store.get_pixels(keys, keys.edited(tile.index))
             with step("merge: unpack_raw"):
-                piece, extra = codec.unpack_raw(blob)
+                piece, extra = codec.unpack_raw(view)
+            offset = len(codec.RAW_MAGIC) + 4 + int.from_bytes(view[len(codec.RAW_MAGIC) :][:4], "big")
+            with step("(aside) frombuffer alone"):
+                Image.frombuffer(piece.mode, piece.size, view[offset:], "raw", piece.mode, 0, 1)  # type: ignore[arg-type]
             with step("merge: paste"):
                 canvas.paste(piece, (extra["box"][0], extra["box"][1]))
-            del blob, piece
+            del view, piece
         with step("merge: GET source again"):
             again = store.get(keys, keys.source)
         with step("merge: open source header"):
             original = Image.open(io.BytesIO(again))
         with step("merge: encode JPEG"):
             result = codec.encode(canvas, fmt, original)
-        with step("merge: SET result"):
-            store.put(keys, keys.result, result)
-        with step("merge: notify"):
-            store.notify(keys, {"ok": True})
-        with step("client: GET result"):
-            got = store.get(keys, keys.result)
-        with step("client: cleanup"):
-            store.cleanup(keys)
+        with step("merge: store result and notify"):
+            store.finish(keys, result)
+        with step("client: GET result and clean up"):
+            (got,) = store.collect([(keys, True)])
+        assert got is not None
     finally:
         store.cleanup(keys)
     groups: dict[str, float] = {}
@@ -704,6 +716,7 @@ def phase_breakdown(
         "tiles": len(parts),
         "halo": pipeline.halo,
         "tile_raw_mb": [round((t.cut[2] - t.cut[0]) * (t.cut[3] - t.cut[1]) * 3 / 1e6, 1) for t in parts],
+        "decode": "in each edit" if in_place else "once, in the split",
         "steps_ms": {k: round(v, 1) for k, v in step.ms.items()},
         "totals_ms": {k: round(v, 1) for k, v in groups.items()},
         "edit_per_tile_ms": [round(v, 1) for v in edit_ms],
@@ -776,7 +789,8 @@ def loadavg() -> str:
 def print_breakdown(profile: dict[str, Any], events: list[dict[str, Any]], measured_s: float) -> None:
     print(
         f"\nWhere the time goes: {profile['case']}, grid {profile['grid']}, halo {profile['halo']} px, "
-        f"tiles of {' + '.join(f'{mb} MB' for mb in profile['tile_raw_mb'])} raw"
+        f"tiles of {' + '.join(f'{mb} MB' for mb in profile['tile_raw_mb'])} raw, "
+        f"source decoded {profile['decode']}"
     )
     print_timeline("Worker timeline of one job", events)
     print("\n  Each data-path step run by hand in one process (ms, summed over tiles):")
