@@ -142,7 +142,7 @@ def job_tiles(spec: JobSpec, plan: Plan, halo: int) -> list[TileSpec]:
 
 def _tile_count(spec: JobSpec, sizes: list[list[int]]) -> int:
     grid = Grid(*spec["grid"])
-    return sum(grid.clip(w, h).cols * grid.clip(w, h).rows for w, h in sizes)
+    return sum(clipped.cols * clipped.rows for clipped in (grid.clip(w, h) for w, h in sizes))
 
 
 def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
@@ -159,20 +159,15 @@ def _finish(
     spec: JobSpec,
     frames: list[Image.Image],
     timing: Any,
-    source: codec.Data | Image.Image | None = None,
+    source: Image.Image | None,
     count_tile: bool = False,
 ) -> Any:
-    """Encode the result (with the source's metadata), store it, and tell the waiting client.
+    """Encode the result, store it, and tell the waiting client.
 
-    *source* is the source file's bytes, or the image decoded from them (its ``info`` and
-    tables are all the encoder needs), or ``None`` to read it back from Redis.
+    *source* is the source image as opened or decoded (its ``info`` and tables are all
+    the encoder needs for the metadata), or ``None`` for a raw source, which has none.
     """
-    if source is None:
-        source = app.store.get(keys, keys.source)
-    if isinstance(source, Image.Image):
-        original: Image.Image | None = source if source.format else None
-    else:
-        original = None if codec.is_raw(source) else Image.open(io.BytesIO(source))
+    original = source if source is not None and source.format else None
     data = codec.encode_frames(frames, spec["format"], original, codec.Timing.from_json(timing))
     app.store.finish(keys, data, count_tile)
     return {
@@ -199,7 +194,7 @@ def _cut(
             app.store.put(keys, keys.plan, json.dumps(plan).encode())
             return plan
     frames, timing = codec.decode_frames(source, settings.max_pixels, count)
-    plan = {"sizes": [list(f.size) for f in frames], "timing": timing.to_json()}
+    plan = {"sizes": [list(f.size) for f in frames], "timing": timing.to_json(), "raw": codec.is_raw(source)}
     if _tile_count(spec, plan["sizes"]) == 1:
         return frames[0]
     for tile in job_tiles(spec, plan, pipeline.halo):
@@ -370,7 +365,9 @@ def register_tasks(app: TilechordCelery) -> None:
                     canvas = canvases[frame] = _blank_like(piece, pipeline.output_size(tuple(tile["size"])))
                 canvas.paste(piece, tuple(extra["box"][:2]))
             frames = [c for c in canvases if c is not None]
-            return _finish(app, keys, spec, frames, plan["timing"])
+            # The source again, for its metadata; a raw one (maybe 36 MB) has none to read.
+            source = None if plan.get("raw") else Image.open(io.BytesIO(store.get(keys, keys.source)))
+            return _finish(app, keys, spec, frames, plan["timing"], source)
 
     @task("tilechord.batch")
     def batch(self: Task, ops: list[Any], format: str | None, jobs: list[str]) -> dict[str, Any]:
