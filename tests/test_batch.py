@@ -9,22 +9,29 @@ import io
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from images import photo
+from celery.result import AsyncResult
+from images import encoded, photo
 from PIL import Image, ImageFilter, ImageOps
-from procs import tilechord_cli
+from procs import tilechord_cli, wait_for
 
 import tilechord
+from conftest import tilechord_keys
 from tilechord import Client, InvalidImage, MapProgress, MapResult, UnknownOperation
 from tilechord.cli import plan_outputs, safe_name
 from tilechord.cluster import WorkerPool
+from tilechord.keys import JobKeys, new_job_id
+from tilechord.store import JobGone
 
 BLUR = "gaussian_blur:radius=3"
 
@@ -363,3 +370,91 @@ def test_a_batch_carries_each_jobs_own_metadata_and_format(client: Client, no_le
         if out.format == "JPEG":
             assert out.info.get("dpi") == (300, 300)
             assert out.quantization == Image.open(jpeg).quantization
+
+
+# -- batches of small images: one task, one unit in Redis ----------------------------------------
+
+
+def _batch_ids(r: redis.Redis) -> list[str]:
+    """The ids of the batches open in Redis now (each has a hash of sources)."""
+    return [key.decode().split(":")[1] for key in r.scan_iter(match="tilechord:*:sources", count=1000)]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_still_gives_every_image_once_and_right(
+    client: Client, worker: WorkerPool, redis_client: redis.Redis, no_leftovers: None
+) -> None:
+    images = [photo(40 + i, 30, seed=i) for i in range(6)]
+    sources = [encoded(image, "PNG") for image in images]
+    killed: list[int] = []
+
+    def kill_the_batch_mid_way() -> None:
+        def running() -> int | None:
+            for batch in _batch_ids(redis_client):
+                task = AsyncResult(batch, app=client.app)
+                if task.state == "STARTED" and isinstance(task.info, dict):
+                    return int(task.info["pid"])
+            return None
+
+        assert wait_for(lambda: running() is not None, timeout=30), "the batch never started"
+        time.sleep(0.8)  # an image or two reported, the rest not yet
+        pid = running()
+        assert pid in worker.child_pids()
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_the_batch_mid_way)
+    killer.start()
+    # One task of six images (fewer than a worker's first batch), 0.4 s each.
+    results = list(client.map(sources, ["test_slow:seconds=0.4", "invert"], grid="auto", timeout=120))
+    killer.join()
+    assert killed, "the test did not kill the worker"
+    assert sorted(r.index for r in results) == list(range(6))  # each image exactly once
+    for result in results:
+        assert result.ok, result.error
+        out = Image.open(io.BytesIO(result.unwrap()))
+        assert same_pixels(out, ImageOps.invert(images[result.index]))
+    assert wait_for(lambda: len(worker.child_pids()) == 2, timeout=30)  # the pool replaced its child
+
+
+def test_a_batch_past_its_timeout_fails_each_image_alone_and_leaves_nothing(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    sources = [encoded(photo(30, 20, seed=i), "PNG") for i in range(3)]
+    started = time.monotonic()
+    results = list(client.map(sources, ["test_slow:seconds=1.5"], grid="auto", timeout=0.5))
+    assert time.monotonic() - started < 1.5 + 1.0  # the client gave up, it did not wait the batch out
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    for result in results:
+        assert isinstance(result.error, tilechord.JobTimeout), result
+        assert "did not finish within 0.5 s" in str(result.error)
+    # the worker is still on the batch; when it reports, it finds the batch gone and takes back its write
+    assert wait_for(lambda: not tilechord_keys(redis_client), timeout=30), tilechord_keys(redis_client)
+
+
+def test_a_batch_report_after_the_client_left_is_taken_back(
+    client: Client, redis_client: redis.Redis
+) -> None:
+    keys = JobKeys(new_job_id())
+    client.store.open_batch(keys, [b"one", b"two"])
+    client.store.batch_report(keys, {0: b"result"}, [{"item": 0, "ok": True}])  # live: it lands
+    assert redis_client.hget(keys.results, "0") == b"result"
+    assert all(redis_client.ttl(key) > 0 for key in (keys.live, keys.sources, keys.results, keys.done))
+    client.store.cleanup(keys)
+    with pytest.raises(JobGone):
+        client.store.batch_report(keys, {1: b"late"}, [{"item": 1, "ok": True}])
+    assert not tilechord_keys(redis_client)
+    with pytest.raises(JobGone):
+        client.store.batch_sources(keys)
+
+
+def test_a_batch_is_one_small_message_whatever_its_images_weigh(
+    client: Client, messages: Callable[[], list[dict[str, Any]]], no_leftovers: None
+) -> None:
+    sources = [encoded(photo(200, 150, seed=i), "PNG") for i in range(20)]
+    results = list(client.map(sources, ["invert"], grid="auto", batch=10))
+    assert all(r.ok for r in results)
+    sent = [m for m in messages() if m["task"] == "tilechord.batch"]
+    assert 2 <= len(sent) <= 4  # 20 images: small first tasks, then at most 10 to a task
+    sizes = [m["size"] for m in sent]
+    assert max(sizes) < 8 * 1024 and max(sizes) - min(sizes) < 64, sizes  # ids and counts, no pixels

@@ -31,6 +31,7 @@ from .errors import (
     ImageTooLarge,
     InvalidGrid,
     InvalidImage,
+    JobFailed,
     JobTimeout,
     TilechordError,
     error_from_name,
@@ -59,7 +60,9 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | I
 GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
 
 DEFAULT_GRID = (2, 1)
-DEFAULT_BATCH = 16  # small images per task in Client.map
+DEFAULT_BATCH = 64  # small images per task in Client.map, at most
+BATCH_BYTES = 8 * 1024 * 1024  # and at most this much source data per task
+BATCH_RAMP = 8  # images in each worker's first task, so that none waits for a big one to fill
 _POLL = 0.5  # seconds between checks of Celery's own state while waiting
 
 #: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
@@ -106,11 +109,9 @@ class Job:
         tiles: int,
         fmt: str | None,
         timeout: float,
-        task_id: str | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
-        self._task_id = keys.job_id if task_id is None else task_id  # a batch's, for small jobs
         self.tiles = tiles
         self.format = fmt
         self.timeout = timeout
@@ -133,16 +134,14 @@ class Job:
             return "FAILURE"
         split = self._async_result()
         state = str(split.state)
-        if self._task_id != self.id:
-            return state  # a small job in a batch: the batch's task is the whole story
         if state != "SUCCESS" or (isinstance(split.result, dict) and "bytes" in split.result):
             return state  # not past the split yet, or a one-tile job the split finished
         merge = str(AsyncResult(self._keys.task_id("merge"), app=self._client.app).state)
         return "STARTED" if merge == "PENDING" else merge  # the tiles are being edited
 
     def _async_result(self) -> AsyncResult:
-        """The Celery task that started the job: its split, or the batch it travels in."""
-        return AsyncResult(self._task_id, app=self._client.app)
+        """The Celery task that started the job: its split (task id = job id)."""
+        return AsyncResult(self.id, app=self._client.app)
 
     def progress(self) -> tuple[int, int]:
         """``(tiles edited, tiles in all)``."""
@@ -218,13 +217,13 @@ class Job:
         """The job's task that failed without telling the client (killed too often ...).
 
         The split's record is the job id's; once it succeeded, the merge's is
-        ``<job>-merge``.  A small job in a batch has the batch's.
+        ``<job>-merge``.
         """
         first = self._async_result()
         state = first.state
         if state == "FAILURE":
             return first
-        if state == "SUCCESS" and self._task_id == self.id:
+        if state == "SUCCESS":
             merge = AsyncResult(self._keys.task_id("merge"), app=self._client.app)
             return merge if merge.state == "FAILURE" else None
         return None
@@ -326,6 +325,89 @@ class _Flight:
             self.job.tiles,
             time.monotonic() - self.started,
         )
+
+    def cancel(self, client: Client) -> None:
+        self.job.cancel()
+
+
+class _Batch:
+    """Small images travelling together as one ``tilechord.batch`` task in :meth:`Client.map`.
+
+    One unit in Redis (see :meth:`BlobStore.open_batch`): its images end by the worker's
+    reports, a few at a time, each with its result or its own error.
+    """
+
+    def __init__(self, keys: JobKeys, items: list[tuple[int, Source]], timeout: float) -> None:
+        self.keys = keys
+        self.count = len(items)
+        self.pending: dict[int, tuple[int, Source]] = dict(enumerate(items))  # by place in the batch
+        self.timeout = timeout
+        self.started = time.monotonic()
+
+    def _outcome(
+        self, item: int, data: bytes | None = None, error: TilechordError | None = None
+    ) -> MapResult:
+        index, source = self.pending.pop(item)
+        job_id = f"{self.keys.job_id}-{item + 1}"  # the batch's task id, and the image's place in it
+        return MapResult(index, source, data, error, job_id, 1, time.monotonic() - self.started)
+
+    def settle(
+        self, client: Client, messages: list[dict[str, Any]], idle: bool, now: float
+    ) -> list[MapResult]:
+        """The outcomes that *messages* bring; when *idle*, look for a silent end too."""
+        store = client.store
+        if idle:
+            messages = messages + self._silent_end(client, now)
+        ends: dict[int, dict[str, Any]] = {}
+        for message in messages:
+            for end in message.get("items", []):
+                if int(end["item"]) in self.pending:  # a re-delivered batch reports again: once is enough
+                    ends.setdefault(int(end["item"]), end)
+        ok = [item for item, end in ends.items() if end.get("ok")]
+        last = len(ends) == len(self.pending)
+        results = store.batch_results(self.keys, ok, last) if ok or last else []
+        data = dict(zip(ok, results, strict=True))
+        out: list[MapResult] = []
+        for item, end in ends.items():
+            if not end.get("ok"):
+                error = error_from_name(end.get("error", "JobFailed"), end.get("message", ""))
+                out.append(self._outcome(item, error=error))
+            elif data.get(item) is None:
+                gone = (
+                    f"image {item + 1} of batch {self.keys.job_id}: its result is gone (expired or deleted)"
+                )
+                out.append(self._outcome(item, error=JobFailed(gone)))
+            else:
+                out.append(self._outcome(item, data=data[item]))
+        return out
+
+    def _silent_end(self, client: Client, now: float) -> list[dict[str, Any]]:
+        """End messages for images whose batch can no longer report them."""
+        reason: TilechordError | None = None
+        if now - self.started > self.timeout:
+            reason = JobTimeout(f"batch {self.keys.job_id} did not finish within {self.timeout:g} s")
+        else:
+            task = AsyncResult(self.keys.job_id, app=client.app)
+            state = task.state
+            if state in ("SUCCESS", "FAILURE"):
+                late = client.store.drain(self.keys)  # reports that came after the wait
+                if late:
+                    return late
+                reason = JobFailed(
+                    f"batch {self.keys.job_id} failed: {task.result!r}" if state == "FAILURE"
+                    else f"batch {self.keys.job_id} ended without reporting these images"
+                )  # fmt: skip
+            elif not client.store.is_live(self.keys):
+                reason = JobFailed(f"batch {self.keys.job_id} lost its data in Redis (restarted, flushed or "
+                                   "expired): submit it again")  # fmt: skip
+        if reason is None:
+            return []
+        name, text = type(reason).__name__, str(reason)
+        return [{"items": [{"item": i, "ok": False, "error": name, "message": text} for i in self.pending]}]
+
+    def cancel(self, client: Client) -> None:
+        AsyncResult(self.keys.job_id, app=client.app).revoke()
+        client.store.cleanup(self.keys)
 
 
 @dataclass(frozen=True)
@@ -485,26 +567,21 @@ class Client:
         limit = self._requested.job_timeout if timeout is None else timeout
         return Job(self, keys, job.tiles, job.format, limit)
 
-    def _start_batch(self, jobs: list[_Prepared], timeout: float | None) -> list[Job]:
+    def _start_batch(self, items: list[tuple[int, Source, _Prepared]], timeout: float | None) -> _Batch:
         """Small one-tile jobs with one pipeline and format, sent as one ``tilechord.batch`` task."""
         app = self.app
-        first = jobs[0]
-        keys = [JobKeys(new_job_id()) for _ in jobs]
-        batch_id = keys[0].task_id("batch")
-        app.store.open_jobs([(k, job.data) for k, job in zip(keys, jobs, strict=True)])
+        first = items[0][2]
+        keys = JobKeys(new_job_id())
+        app.store.open_batch(keys, [prepared.data for _, _, prepared in items])
         try:
-            app.tasks["tilechord.batch"].si(
-                first.pipeline.to_json(), first.format, [k.job_id for k in keys]
-            ).set(
-                task_id=batch_id,
-                argsrepr=f"{len(jobs)} small jobs, {keys[0].job_id} ... [{first.pipeline}]",
+            app.tasks["tilechord.batch"].si(keys.job_id, first.pipeline.to_json(), first.format).set(
+                task_id=keys.job_id, argsrepr=f"batch of {len(items)} small images [{first.pipeline}]"
             ).apply_async()
         except BaseException:
-            for k in keys:
-                app.store.cleanup(k)
+            app.store.cleanup(keys)
             raise
         limit = self._requested.job_timeout if timeout is None else timeout
-        return [Job(self, k, 1, first.format, limit, task_id=batch_id) for k in keys]
+        return _Batch(keys, [(index, source) for index, source, _ in items], limit)
 
     def process(
         self,
@@ -559,7 +636,8 @@ class Client:
         ``on_progress`` is called with a :class:`MapProgress` (in this thread) whenever
         something changes.  Closing the iterator early cancels the jobs still in flight.
         """
-        limit = 2 * max(1, self._requested.workers) if jobs is None else jobs
+        workers = max(1, self._requested.workers)
+        limit = 2 * workers if jobs is None else jobs
         if limit < 1:
             raise ValueError(f"jobs must be at least 1, not {limit}")
         if batch < 1:
@@ -568,31 +646,48 @@ class Client:
         if not (isinstance(grid, str) and grid.strip().lower() == "auto"):
             parse_grid(grid, max_side=self._requested.max_side)
         total = len(sources) if isinstance(sources, Sized) else None
+        launched = 0  # batch tasks sent so far
+
+        def batch_size() -> int:
+            """Small first tasks, one per worker, so that every worker starts at once; then bigger.
+
+            With the count of sources known, the rest is cut into two tasks per worker: few
+            enough that Celery's cost per task stays small, even enough that the workers
+            end together.
+            """
+            if total is None:
+                return min(batch, BATCH_RAMP) if launched < workers else batch
+            first = max(1, min(batch, BATCH_RAMP, -(-total // (2 * workers))))
+            if launched < workers:
+                return first
+            return min(batch, max(first, -(-(total - workers * first) // (2 * workers))))
+
         pending = enumerate(sources)
-        flying: dict[str, _Flight] = {}  # by the job's "done" key
+        flying: dict[str, _Flight | _Batch] = {}  # by the key their end messages come on
         waiting: dict[str | None, list[tuple[int, Source, _Prepared]]] = {}  # small jobs, by format
+        waiting_bytes: dict[str | None, int] = {}
         checked: dict[tuple[str, str | None], str | None] = {}  # the pipeline's checks, by mode
         done = failed = tiles_finished = tiles_total = 0
         reported: MapProgress | None = None
 
-        def tasks_in_flight() -> int:
-            return len({flight.job._task_id for flight in flying.values()})
-
-        def launch(small: list[tuple[int, Source, _Prepared]]) -> None:
-            nonlocal tiles_total
-            started = self._start_batch([p for _, _, p in small], timeout)
-            for (index, source, _), job in zip(small, started, strict=True):
-                flying[job._keys.done] = _Flight(index, source, job)
-                tiles_total += 1
+        def launch(fmt: str | None) -> None:
+            nonlocal tiles_total, launched
+            launched += 1
+            small = waiting.pop(fmt)
+            waiting_bytes.pop(fmt, None)
+            started = self._start_batch(small, timeout)
+            flying[started.keys.done] = started
+            tiles_total += len(small)
 
         def report() -> None:
             nonlocal reported
             if on_progress is None:
                 return
-            jobs_now = [f.job for f in flying.values()]
+            jobs_now = [f.job for f in flying.values() if isinstance(f, _Flight)]
             counts = self.store.tiles_done_many([j._keys for j in jobs_now])
             running = sum(min(j.tiles, n) for j, n in zip(jobs_now, counts, strict=True))
-            now = MapProgress(done, failed, total, len(flying), tiles_finished + running, tiles_total)
+            in_flight = sum(f.count if isinstance(f, _Batch) else 1 for f in flying.values())
+            now = MapProgress(done, failed, total, in_flight, tiles_finished + running, tiles_total)
             if now != reported:
                 reported = now
                 on_progress(now)
@@ -600,7 +695,7 @@ class Client:
         try:
             exhausted = False
             while True:
-                while not exhausted and tasks_in_flight() < limit:
+                while not exhausted and len(flying) < limit:
                     try:
                         index, source = next(pending)
                     except StopIteration:
@@ -611,10 +706,11 @@ class Client:
                         data = read_source(source, self._requested.max_bytes)
                         prepared = self._prepare(data, pipeline, grid, format, checked)
                         if prepared.tiles == 1 and batch > 1:
-                            group = waiting.setdefault(prepared.format, [])
-                            group.append((index, source, prepared))
-                            if len(group) >= batch:
-                                launch(waiting.pop(prepared.format))
+                            fmt = prepared.format
+                            waiting.setdefault(fmt, []).append((index, source, prepared))
+                            waiting_bytes[fmt] = waiting_bytes.get(fmt, 0) + len(data)
+                            if len(waiting[fmt]) >= batch_size() or waiting_bytes[fmt] >= BATCH_BYTES:
+                                launch(fmt)
                             continue
                         job = self._start(prepared, timeout)
                     except BrokerUnavailable:
@@ -628,7 +724,7 @@ class Client:
                     flying[job._keys.done] = _Flight(index, source, job)
                     tiles_total += job.tiles
                 for fmt in list(waiting):  # never hold small jobs back while workers wait
-                    launch(waiting.pop(fmt))
+                    launch(fmt)
                 report()
                 if not flying:
                     if exhausted:
@@ -643,53 +739,42 @@ class Client:
         finally:
             for flight in flying.values():
                 with contextlib.suppress(Exception):
-                    flight.job.cancel()
+                    flight.cancel(self)
 
-    def _finished(self, flying: dict[str, _Flight]) -> list[MapResult]:
+    def _finished(self, flying: dict[str, _Flight | _Batch]) -> list[MapResult]:
         """Wait up to a poll interval for jobs in *flying* to end; remove and return them.
 
-        Ends come by the jobs' own lists: BLPOP over one list per task (a batch ends its
-        jobs in order, so its last job's list), then a look at the lists of the same
-        task's other jobs.
-        Celery's records are looked at only when nothing came for a poll interval, once
-        per task, and results are read and keys deleted for all ended jobs at once.
+        End messages come on one list per job or batch (BLPOP over all of them).  Celery's
+        records are looked at only when nothing came for a poll interval, and results are
+        read and keys deleted in bulk.
         """
         client = self.store.client
-        messages: dict[str, dict[str, Any]] = {}
         try:
-            watch = {flight.job._task_id: key for key, flight in flying.items()}  # the last wins
-            item = client.blpop(list(watch.values()), timeout=_POLL)
-            if item is not None:
-                key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
-                messages[key] = json.loads(item[1])
-                task = flying[key].job._task_id
-                siblings = [k for k, f in flying.items() if k != key and f.job._task_id == task]
-                if siblings:
-                    pipe = client.pipeline(transaction=False)
-                    for k in siblings:
-                        pipe.lpop(k)
-                    for k, value in zip(siblings, pipe.execute(), strict=True):
-                        if value is not None:
-                            messages[k] = json.loads(value)
+            item = client.blpop(list(flying), timeout=_POLL)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerUnavailable(
                 f"lost the connection to Redis at {redact_url(self.store.url)}: {exc}"
             ) from None
-        now = time.monotonic()
-        polled: dict[str, AsyncResult | None] = {}
+        messages: dict[str, list[dict[str, Any]]] = {}
+        if item is not None:
+            key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
+            messages[key] = [json.loads(item[1])]
+        outcomes: list[MapResult] = []
         ended: list[tuple[_Flight, dict[str, Any] | TilechordError]] = []
+        now = time.monotonic()
         for key, flight in list(flying.items()):
+            if isinstance(flight, _Batch):
+                outcomes += flight.settle(self, messages.get(key, []), idle=item is None, now=now)
+                if not flight.pending:
+                    del flying[key]
+                continue
             job = flight.job
-            message = messages.get(key)
+            message = messages[key][0] if key in messages else None
             try:
                 if message is None and now - flight.started > job.timeout:
                     raise job._timeout(job.timeout)
                 if message is None and item is None:
-                    if job._task_id not in polled:  # a batch: one look for all its jobs
-                        polled[job._task_id] = job._celery_failure()
-                    failed = polled[job._task_id]
-                    if failed is not None:
-                        message = job._failure_message(failed)
+                    message = job._poll_failure()
             except BrokerUnavailable:
                 raise
             except TilechordError as exc:
@@ -701,7 +786,6 @@ class Client:
                 del flying[key]
         wanted = [(f.job._keys, isinstance(m, dict) and bool(m.get("ok"))) for f, m in ended]
         results = self.store.collect(wanted)
-        outcomes: list[MapResult] = []
         for (flight, end), data in zip(ended, results, strict=True):
             try:
                 if isinstance(end, TilechordError):
@@ -773,10 +857,11 @@ def map(
     sources: Iterable[Source],
     ops: Iterable[OpSpec] | OpSpec | Pipeline | None = None,
     *,
-    grid: GridSpec = DEFAULT_GRID,
+    grid: GridSpec = "auto",
     format: str | None = None,
     timeout: float | None = None,
     jobs: int | None = None,
+    batch: int = DEFAULT_BATCH,
     on_progress: MapProgressCallback | None = None,
 ) -> Generator[MapResult, None, None]:
     """Edit many images, one job each, a bounded number at a time; yield each as it ends.
@@ -787,5 +872,12 @@ def map(
     See :meth:`Client.map`.
     """
     return _client().map(
-        sources, ops, grid=grid, format=format, timeout=timeout, jobs=jobs, on_progress=on_progress
+        sources,
+        ops,
+        grid=grid,
+        format=format,
+        timeout=timeout,
+        jobs=jobs,
+        batch=batch,
+        on_progress=on_progress,
     )

@@ -1,6 +1,7 @@
 """Every Redis key tilechord writes, named in one place.
 
-All of a job's keys live under ``tilechord:<job id>:``.  The ``live`` key marks a job
+All of a job's keys live under ``tilechord:<job id>:``; so do a batch's (a batch of
+small images is one unit in Redis, with its sources and results in two hashes).  The ``live`` key marks a job
 that a client still waits for; writers check it so that a straggling task of a failed
 or timed-out job cannot leave data behind (see :mod:`tilechord.store`).
 """
@@ -67,6 +68,22 @@ class JobKeys:
     @property
     def result(self) -> str:
         return self._key("result")
+
+    @property
+    def sources(self) -> str:
+        """A batch of small images: a hash of their sources, by position in the batch."""
+        return self._key("sources")
+
+    @property
+    def results(self) -> str:
+        """A batch's encoded results, a hash by position, filled as the worker goes."""
+        return self._key("results")
+
+    @property
+    def fixed(self) -> tuple[str, ...]:
+        """Every key of the job whose name is known without its index set."""
+        return (self.live, self.index, self.source, self.plan, self.result, self.done, self.progress,
+                self.sources, self.results)  # fmt: skip
 
     @property
     def done(self) -> str:

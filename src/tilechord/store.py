@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.exceptions import NoPermissionError
@@ -97,7 +97,7 @@ class BlobStore:
         with _redis_errors(self.url):
             self.client.delete(keys.live)
             members = self.client.smembers(keys.index)
-            self.client.delete(keys.index, keys.done, keys.progress, *members)
+            self.client.delete(*keys.fixed, *members)
 
     def collect(self, jobs: list[tuple[JobKeys, bool]]) -> list[bytes | None]:
         """Read the results of ended jobs (where asked) and delete all their keys.
@@ -121,9 +121,73 @@ class BlobStore:
                 results.append(next(replies) if want else None)
                 next(replies)
                 members = next(replies)
-                pipe.delete(keys.index, keys.done, keys.progress, *members)
+                pipe.delete(*keys.fixed, *members)
             pipe.execute()
         return results
+
+    # -- batches of small images ----------------------------------------------------
+    #
+    # A batch is one unit in Redis: a live key, a hash of sources, a hash of results and
+    # one list of end messages, all under the batch's id.  Per image that is a field, not
+    # five keys and their TTLs: at a millisecond of Pillow work per image, the commands
+    # to open, finish and delete a job each would cost more than the work.
+
+    def open_batch(self, keys: JobKeys, sources: list[bytes]) -> None:
+        """Mark the batch live and store its sources, in one transaction (with their TTLs)."""
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(keys.live, b"1", ex=self.ttl)
+            pipe.hset(keys.sources, mapping=dict(enumerate(sources)))  # type: ignore[arg-type]
+            pipe.expire(keys.sources, self.ttl)
+            pipe.execute()
+
+    def batch_sources(self, keys: JobKeys) -> dict[int, bytes]:
+        """Every source of a batch, by position; :class:`JobGone` if it was cleaned up."""
+        with _redis_errors(self.url):
+            found = self.client.hgetall(keys.sources)
+        if not found:
+            raise JobGone(f"batch {keys.job_id} was cancelled or expired; its sources are gone")
+        return {int(k): cast(bytes, v) for k, v in found.items()}  # no decode_responses: bytes
+
+    def batch_report(self, keys: JobKeys, results: dict[int, bytes], ended: list[dict[str, Any]]) -> None:
+        """Store finished results and tell the client which images ended, in one transaction.
+
+        Like :meth:`finish`, for a live batch only: after a cleanup the write is taken back.
+        """
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.exists(keys.live)
+            if results:
+                pipe.hset(keys.results, mapping=results)  # type: ignore[arg-type]
+                pipe.expire(keys.results, self.ttl)
+            pipe.rpush(keys.done, json.dumps({"items": ended}))
+            pipe.expire(keys.done, self.ttl)
+            live = pipe.execute()[0]
+            if not live:
+                self.client.delete(keys.results, keys.done)
+                raise JobGone(f"batch {keys.job_id} was cancelled or expired; dropped its results")
+
+    def drain(self, keys: JobKeys) -> list[dict[str, Any]]:
+        """Every end message waiting on the job's list, without blocking."""
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.lrange(keys.done, 0, -1)
+            pipe.delete(keys.done)
+            items = pipe.execute()[0]
+        return [json.loads(item) for item in items]
+
+    def batch_results(self, keys: JobKeys, items: list[int], last: bool) -> list[bytes | None]:
+        """Read (and free) results of a batch; with *last*, delete all the batch's keys."""
+        with _redis_errors(self.url):
+            pipe = self.client.pipeline(transaction=False)
+            if items:
+                pipe.hmget(keys.results, items)
+            if last:
+                pipe.delete(*keys.fixed)
+            elif items:
+                pipe.hdel(keys.results, *items)
+            replies = pipe.execute()
+        return list(replies[0]) if items else []
 
     # -- data -----------------------------------------------------------------------
 

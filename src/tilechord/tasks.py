@@ -370,28 +370,74 @@ def register_tasks(app: TilechordCelery) -> None:
             return _finish(app, keys, spec, frames, plan["timing"], source)
 
     @task("tilechord.batch")
-    def batch(self: Task, ops: list[Any], format: str | None, jobs: list[str]) -> dict[str, Any]:
-        """Several small one-tile jobs in one task: a Celery round trip costs more than they do.
+    def batch(self: Task, batch: str, ops: list[Any], format: str | None) -> dict[str, Any]:
+        """Several small images in one task: a Celery round trip costs more than one of them.
 
-        Each job keeps its own keys, result and error; one failing image fails only its
-        own job, and a re-delivered batch redoes its jobs harmlessly.
+        Each image ends on its own, with its result or its own error: one bad file fails
+        only itself.  Results go back a few at a time (every :data:`BATCH_REPORT_S`), so
+        the client sees progress and can start writing files while the rest run.  A
+        re-delivered batch redoes its images; the client counts each image once.
         """
-        done = 0
-        for job in jobs:
-            keys = JobKeys(job)
-            spec: JobSpec = {"job": job, "ops": ops, "format": format}
-            try:
-                with _reported(app, keys, f"batch item [{_ops_text(ops)}]"):
-                    pipeline = Pipeline.from_json(ops)
-                    source = store.get_pixels(keys, keys.source)
-                    image = codec.decode(source, app.tilechord_settings.max_pixels)
-                    _finish(app, keys, spec, [pipeline.apply(image)], {}, image, count_tile=True)
-                done += 1
-            except Exception:  # reported to that job's own client by _reported
-                continue
-        return {"jobs": len(jobs), "done": done}
+        keys = JobKeys(batch)
+        started = time.perf_counter()
+        what = f"batch {batch} [{_ops_text(ops)}]"
+        try:
+            total, failed = _run_batch(app, keys, ops, format, what)
+        except JobGone:
+            logger.info("%s skipped, the batch was cancelled or expired", what)
+            raise
+        logger.info(
+            "batch %s: %d images [%s], %d failed, done in %.3f s",
+            batch, total, _ops_text(ops), failed, time.perf_counter() - started,
+        )  # fmt: skip
+        return {"images": total, "failed": failed}
 
     del split, stats, reduce, edit, merge, batch  # registered on the app; reach them through app.tasks
+
+
+#: How often a batch sends the results it has so far (seconds of work).
+BATCH_REPORT_S = 0.1
+
+
+def _run_batch(
+    app: TilechordCelery, keys: JobKeys, ops: list[Any], format: str | None, what: str
+) -> tuple[int, int]:
+    """Edit every image of a batch, reporting as it goes; ``(images, failed)``."""
+    store = app.store
+    sources = store.batch_sources(keys)
+    total = len(sources)
+    try:
+        pipeline = Pipeline.from_json(ops)
+    except TilechordError as exc:  # a worker without the plugin: every image fails alike
+        store.batch_report(keys, {}, [_item_error(i, exc, what) for i in sorted(sources)])
+        raise
+    results: dict[int, bytes] = {}
+    ended: list[dict[str, Any]] = []
+    failed = 0
+    reported = time.perf_counter()
+    for item in sorted(sources):
+        try:
+            image = codec.decode(sources.pop(item), app.tilechord_settings.max_pixels)
+            original = image if image.format else None
+            results[item] = codec.encode_frames([pipeline.apply(image)], format, original, codec.Timing())
+            ended.append({"item": item, "ok": True})
+        except Exception as exc:  # that image's own failure, reported to the client
+            failed += 1
+            ended.append(_item_error(item, exc, what))
+        if not sources or time.perf_counter() - reported >= BATCH_REPORT_S:
+            store.batch_report(keys, results, ended)
+            results, ended, reported = {}, [], time.perf_counter()
+    return total, failed
+
+
+def _item_error(item: int, exc: BaseException, what: str) -> dict[str, Any]:
+    """One image's failure in a batch, as the client turns it back into a typed error."""
+    if isinstance(exc, TilechordError):
+        name, message = type(exc).__name__, str(exc)
+    else:
+        name, message = "JobFailed", f"image {item + 1} of {what} failed: {type(exc).__name__}: {exc}"
+    logger.warning("%s: image %d failed: %s", what, item + 1, message)
+    return {"item": item, "ok": False, "error": name, "message": message}
 
 
 def _blank_like(piece: Image.Image, size: tuple[int, int]) -> Image.Image:
