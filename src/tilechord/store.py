@@ -1,7 +1,9 @@
 """The Redis blob store: image bytes move between tasks here, never in messages.
 
-Every write carries a TTL, so a job's data expires even if every process dies, and is
-recorded in the job's index set, so cleanup is one SMEMBERS and one DEL.  A write also
+Every write carries a TTL, so a job's data expires even if every process dies.  Keys
+with fixed names (source, plan, result ... see :attr:`JobKeys.fixed`) are deleted by
+name; a tile's key is recorded in the job's index set, so cleanup is one SMEMBERS and
+one DEL whatever the grid.  A write also
 checks, in the same MULTI, that the job is still live; if the client has already given
 up and cleaned up, the writer takes its write back.  Either the write lands before the
 cleanup (which then deletes it) or after (and is undone): nothing is left behind.
@@ -84,8 +86,6 @@ class BlobStore:
             for keys, data in sources:
                 pipe.set(keys.live, b"1", ex=self.ttl)
                 pipe.set(keys.source, data, ex=self.ttl)
-                pipe.sadd(keys.index, keys.source)
-                pipe.expire(keys.index, self.ttl)
             pipe.execute()
 
     def is_live(self, keys: JobKeys) -> bool:
@@ -197,8 +197,9 @@ class BlobStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
             pipe.set(key, data, ex=self.ttl)
-            pipe.sadd(keys.index, key)
-            pipe.expire(keys.index, self.ttl)
+            if key not in keys.fixed:  # a tile's key: cleanup finds it in the index
+                pipe.sadd(keys.index, key)
+                pipe.expire(keys.index, self.ttl)
             live = pipe.execute()[0]
             if not live:
                 self.client.delete(key, keys.index)
@@ -254,8 +255,6 @@ class BlobStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
             pipe.set(keys.result, result, ex=self.ttl)
-            pipe.sadd(keys.index, keys.result)
-            pipe.expire(keys.index, self.ttl)
             if count_tile:
                 pipe.incr(keys.progress)
                 pipe.expire(keys.progress, self.ttl)
