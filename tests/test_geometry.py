@@ -71,8 +71,9 @@ def test_parse_grid_enforces_the_side_limit() -> None:
         parse_grid("9x1", max_side=8)
 
 
-def test_auto_grid_gives_one_tile_per_worker_on_big_images_and_one_tile_on_small() -> None:
-    assert auto_grid(6000, 4000, 2) == Grid(2, 1)
+def test_auto_grid_gives_one_full_width_strip_per_worker_on_big_images_and_one_tile_on_small() -> None:
+    assert auto_grid(6000, 4000, 2) == Grid(1, 2)
     assert auto_grid(4000, 6000, 2) == Grid(1, 2)
-    assert auto_grid(6000, 4000, 4) in (Grid(2, 2), Grid(4, 1))
+    assert auto_grid(6000, 4000, 4) == Grid(1, 4)
     assert auto_grid(300, 200, 8) == Grid(1, 1)
+    assert auto_grid(600_000, 3, 8) == Grid(1, 3)  # never thinner than a row

@@ -629,7 +629,8 @@ class Client:
         so a long batch neither floods Redis with sources nor reads them all into memory:
         a source is read only when its job is submitted.  Small images (one tile each,
         which ``grid="auto"`` gives anything under a megapixel or so) travel up to *batch*
-        to a task, since a Celery round trip costs more than editing one of them.  Every
+        (and :data:`BATCH_BYTES`) to a task, since a Celery round trip costs more than
+        editing one of them; their ``job_id`` is ``<batch task id>-<place in it>``.  Every
         source yields exactly one :class:`MapResult`, in completion order (``index`` gives
         the position); a bad image is a failed result, not an exception.  A malformed
         pipeline or grid raises at once, and a lost broker raises :class:`BrokerUnavailable`.

@@ -168,7 +168,7 @@ def cli() -> None:
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
-    help="Batch: tasks in flight at once (a task carries one image, or up to 16 small ones) "
+    help="Batch: tasks in flight at once (a task carries one image, or up to 64 small ones) "
     "[default: twice the workers].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Batch: no progress output (errors still go to stderr).")

@@ -95,25 +95,62 @@ def pack_raw(image: Image.Image, extra: Mapping[str, Any] | None = None) -> byte
     return b"".join((RAW_MAGIC, _LEN.pack(len(head)), head, image.tobytes()))
 
 
-def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:
-    """The inverse of :func:`pack_raw`; returns the image and the ``extra`` mapping."""
+def _raw_header(data: Data) -> tuple[dict[str, Any], int]:
+    """A raw blob's header, and where its pixels start."""
     if not is_raw(data):
         raise InvalidImage("not a tilechord raw image")
     offset = len(RAW_MAGIC)
     (hlen,) = _LEN.unpack_from(data, offset)
     offset += _LEN.size
-    header = json.loads(bytes(data[offset : offset + hlen]))
-    offset += hlen
+    header: dict[str, Any] = json.loads(bytes(data[offset : offset + hlen]))
+    return header, offset + hlen
+
+
+def _image_from(header: Mapping[str, Any], pixels: Data) -> Image.Image:
     mode, size = header["mode"], tuple(header["size"])
-    # frombuffer shares *data*'s memory where it can (no copy of a tile's pixels) and marks
+    # frombuffer shares *pixels*' memory where it can (no copy of a tile's pixels) and marks
     # the image read-only; Pillow copies such an image before anything writes to it.
-    image = Image.frombuffer(mode, size, memoryview(data)[offset:], "raw", mode, 0, 1)  # type: ignore[arg-type]
+    image = Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)  # type: ignore[arg-type]
     if "palette" in header:
         pmode, pal = header["palette"]
         image.putpalette(base64.b64decode(pal), pmode)
     if "transparency" in header:
         image.info["transparency"] = _from_json_safe(header["transparency"])
-    return image, dict(header.get("extra") or {})
+    return image
+
+
+def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:
+    """The inverse of :func:`pack_raw`; returns the image and the ``extra`` mapping."""
+    header, offset = _raw_header(data)
+    return _image_from(header, memoryview(data)[offset:]), dict(header.get("extra") or {})
+
+
+def join_strips(blobs: list[Data], size: tuple[int, int]) -> Image.Image | None:
+    """Full-width strips, top to bottom, as one image: their pixels end to end, no canvas.
+
+    Raw pixels are stored row after row, so strips that span the width and follow each
+    other down the image are the whole image's bytes once put one after the other: one
+    copy, where a canvas costs a fill, a decode per strip and a paste.  ``None`` when the
+    pieces are not such strips (columns, a grid, different modes or palettes); each
+    blob's ``extra`` must hold its ``box`` on the output.
+    """
+    parts = [_raw_header(blob) for blob in blobs]
+    first = {k: v for k, v in parts[0][0].items() if k not in ("size", "extra")}
+    order = sorted(range(len(parts)), key=lambda i: int(parts[i][0]["extra"]["box"][1]))
+    y = 0
+    for i in order:
+        header = parts[i][0]
+        x0, y0 = header["extra"]["box"][:2]
+        width, height = header["size"]
+        if (x0, y0, width) != (0, y, size[0]) or {
+            k: v for k, v in header.items() if k not in ("size", "extra")
+        } != first:
+            return None
+        y += height
+    if y != size[1]:
+        return None
+    joined = b"".join(memoryview(blobs[i])[parts[i][1] :] for i in order)
+    return _image_from({**first, "size": list(size)}, joined)
 
 
 @dataclass(frozen=True)

@@ -356,15 +356,10 @@ def register_tasks(app: TilechordCelery) -> None:
         with _reported(app, keys, "merge"):
             plan: Plan = _load_json(app, keys, keys.plan)
             pipeline = Pipeline.from_json(spec["ops"])
-            canvases: list[Image.Image | None] = [None] * len(plan["sizes"])
-            for tile in job_tiles(spec, plan, pipeline.halo):
-                piece, extra = codec.unpack_raw(store.get_pixels(keys, keys.edited(tile["index"])))
-                frame = tile["frame"]
-                canvas = canvases[frame]
-                if canvas is None:
-                    canvas = canvases[frame] = _blank_like(piece, pipeline.output_size(tuple(tile["size"])))
-                canvas.paste(piece, tuple(extra["box"][:2]))
-            frames = [c for c in canvases if c is not None]
+            layout = job_tiles(spec, plan, pipeline.halo)
+            frames, read = _strips(app, keys, pipeline, layout)
+            if not frames:
+                frames = _pasted(app, keys, pipeline, layout, plan, read)
             # The source again, for its metadata; a raw one (maybe 36 MB) has none to read.
             source = None if plan.get("raw") else Image.open(io.BytesIO(store.get(keys, keys.source)))
             return _finish(app, keys, spec, frames, plan["timing"], source)
@@ -438,6 +433,42 @@ def _item_error(item: int, exc: BaseException, what: str) -> dict[str, Any]:
         name, message = "JobFailed", f"image {item + 1} of {what} failed: {type(exc).__name__}: {exc}"
     logger.warning("%s: image %d failed: %s", what, item + 1, message)
     return {"item": item, "ok": False, "error": name, "message": message}
+
+
+def _strips(
+    app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, layout: list[TileSpec]
+) -> tuple[list[Image.Image], list[codec.Data]]:
+    """A single frame cut in full-width strips (what ``grid="auto"`` gives): joined, not pasted.
+
+    Returns the frame (none if the edited tiles are no such strips) and the tiles it read.
+    """
+    if len(layout) < 2 or any(tile["frame"] or tile["box"][0] for tile in layout):
+        return [], []
+    size = pipeline.output_size((layout[0]["size"][0], layout[0]["size"][1]))
+    blobs: list[codec.Data] = [app.store.get_pixels(keys, keys.edited(tile["index"])) for tile in layout]
+    joined = codec.join_strips(blobs, size)
+    return ([], blobs) if joined is None else ([joined], blobs)
+
+
+def _pasted(
+    app: TilechordCelery,
+    keys: JobKeys,
+    pipeline: Pipeline,
+    layout: list[TileSpec],
+    plan: Plan,
+    read: list[codec.Data],
+) -> list[Image.Image]:
+    """Each frame's edited tiles pasted onto a canvas of the output's size (*read*: already read)."""
+    canvases: list[Image.Image | None] = [None] * len(plan["sizes"])
+    for n, tile in enumerate(layout):
+        blob = read[n] if read else app.store.get_pixels(keys, keys.edited(tile["index"]))
+        piece, extra = codec.unpack_raw(blob)
+        frame = tile["frame"]
+        canvas = canvases[frame]
+        if canvas is None:
+            canvas = canvases[frame] = _blank_like(piece, pipeline.output_size(tuple(tile["size"])))
+        canvas.paste(piece, tuple(extra["box"][:2]))
+    return [c for c in canvases if c is not None]
 
 
 def _blank_like(piece: Image.Image, size: tuple[int, int]) -> Image.Image:
