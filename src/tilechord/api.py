@@ -339,7 +339,6 @@ class _Batch:
 
     def __init__(self, keys: JobKeys, items: list[tuple[int, Source]], timeout: float) -> None:
         self.keys = keys
-        self.count = len(items)
         self.pending: dict[int, tuple[int, Source]] = dict(enumerate(items))  # by place in the batch
         self.timeout = timeout
         self.started = time.monotonic()
@@ -354,10 +353,10 @@ class _Batch:
     def settle(
         self, client: Client, messages: list[dict[str, Any]], idle: bool, now: float
     ) -> list[MapResult]:
-        """The outcomes that *messages* bring; when *idle*, look for a silent end too."""
+        """The outcomes that *messages* bring, and of a batch past its timeout; when *idle*
+        (nothing came on any list for a poll interval), look for a silent end too."""
         store = client.store
-        if idle:
-            messages = messages + self._silent_end(client, now)
+        messages = messages + self._silent_end(client, now, idle)
         ends: dict[int, dict[str, Any]] = {}
         for message in messages:
             for end in message.get("items", []):
@@ -381,12 +380,12 @@ class _Batch:
                 out.append(self._outcome(item, data=data[item]))
         return out
 
-    def _silent_end(self, client: Client, now: float) -> list[dict[str, Any]]:
+    def _silent_end(self, client: Client, now: float, idle: bool) -> list[dict[str, Any]]:
         """End messages for images whose batch can no longer report them."""
         reason: TilechordError | None = None
         if now - self.started > self.timeout:
             reason = JobTimeout(f"batch {self.keys.job_id} did not finish within {self.timeout:g} s")
-        else:
+        elif idle:  # Celery's record costs a round trip: only when nothing else is coming
             task = AsyncResult(self.keys.job_id, app=client.app)
             state = task.state
             if state in ("SUCCESS", "FAILURE"):
@@ -687,7 +686,7 @@ class Client:
             jobs_now = [f.job for f in flying.values() if isinstance(f, _Flight)]
             counts = self.store.tiles_done_many([j._keys for j in jobs_now])
             running = sum(min(j.tiles, n) for j, n in zip(jobs_now, counts, strict=True))
-            in_flight = sum(f.count if isinstance(f, _Batch) else 1 for f in flying.values())
+            in_flight = sum(len(f.pending) if isinstance(f, _Batch) else 1 for f in flying.values())
             now = MapProgress(done, failed, total, in_flight, tiles_finished + running, tiles_total)
             if now != reported:
                 reported = now
