@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from images import photo
 from PIL import Image, ImageStat
+from procs import wait_for
 
 from conftest import worker_env
 from tilechord import Client, parse_pipeline
@@ -61,7 +62,21 @@ def job_tasks(flower: Flower, job_id: str, expected: int, timeout: float = 60) -
 
 @pytest.fixture(scope="module")
 def finished_job(flower: Flower, client: Client) -> tuple[str, bytes]:
-    """A 3x2 job run while Flower watches; its id and its result."""
+    """A 3x2 job run while Flower watches; its id and its result.
+
+    Flower answers HTTP before its event receiver has subscribed; a job run in between
+    loses its first events (the split's).  So first a small job, again until Flower has
+    seen one end to end.
+    """
+    probe = io.BytesIO()
+    photo(20, 20, seed=1).save(probe, "PNG")
+
+    def flower_sees_a_job() -> bool:
+        job = client.submit(probe.getvalue(), ["invert"], grid=(1, 1))
+        job.get()
+        return bool(job_tasks(flower, job.id, expected=1, timeout=5))
+
+    assert wait_for(flower_sees_a_job, timeout=60), "Flower never received the workers' events"
     buffer = io.BytesIO()
     photo(360, 240, seed=8).save(buffer, "PNG")
     job = client.submit(buffer.getvalue(), OPS, grid=(3, 2))
