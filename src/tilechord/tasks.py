@@ -75,6 +75,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _failure(exc: BaseException, where: str) -> tuple[str, str]:
+    """The error name and message a client gets: ours as they are, anything else as JobFailed."""
+    if isinstance(exc, TilechordError):
+        return type(exc).__name__, str(exc)
+    return "JobFailed", f"{where} failed: {type(exc).__name__}: {exc}"
+
+
 @contextmanager
 def _reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
     """Log the task's time; on failure tell the waiting client at once, by error type.
@@ -89,11 +96,7 @@ def _reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
         logger.info("job %s: %s skipped, the job was cancelled or expired", keys.job_id, what)
         raise
     except Exception as exc:
-        if isinstance(exc, TilechordError):
-            name, message = type(exc).__name__, str(exc)
-        else:
-            name = "JobFailed"
-            message = f"{what} of job {keys.job_id} failed: {type(exc).__name__}: {exc}"
+        name, message = _failure(exc, f"{what} of job {keys.job_id}")
         logger.warning("job %s: %s failed: %s", keys.job_id, what, message)
         with contextlib.suppress(TilechordError):  # Redis gone too: the client's timeout reports it
             app.store.notify(keys, {"ok": False, "error": name, "message": message})
@@ -427,10 +430,7 @@ def _run_batch(
 
 def _item_error(item: int, exc: BaseException, what: str) -> dict[str, Any]:
     """One image's failure in a batch, as the client turns it back into a typed error."""
-    if isinstance(exc, TilechordError):
-        name, message = type(exc).__name__, str(exc)
-    else:
-        name, message = "JobFailed", f"image {item + 1} of {what} failed: {type(exc).__name__}: {exc}"
+    name, message = _failure(exc, f"image {item + 1} of {what}")
     logger.warning("%s: image %d failed: %s", what, item + 1, message)
     return {"item": item, "ok": False, "error": name, "message": message}
 
