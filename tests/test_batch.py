@@ -391,9 +391,10 @@ def test_a_worker_killed_mid_batch_still_gives_every_image_once_and_right(
     def kill_the_batch_mid_way() -> None:
         def running() -> int | None:
             for batch in _batch_ids(redis_client):
-                task = AsyncResult(batch, app=client.app)
-                if task.state == "STARTED" and isinstance(task.info, dict):
-                    return int(task.info["pid"])
+                # state and info in one read: two reads can straddle the task's end
+                meta = AsyncResult(batch, app=client.app).backend.get_task_meta(batch)
+                if meta["status"] == "STARTED" and isinstance(meta["result"], dict):
+                    return int(meta["result"]["pid"])
             return None
 
         assert wait_for(lambda: running() is not None, timeout=30), "the batch never started"
