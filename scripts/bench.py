@@ -16,6 +16,9 @@ alike, and each case checks once that both produce the same JPEG bytes (or at le
 same pixels).  Redis traffic is read from the server's own ``INFO stats`` counters.
 Finally a phase breakdown of the 24 MP gaussian job shows where tilechord's time goes:
 the worker timeline from Celery task events, and each data-path step run by hand.
+The throughput case also reads, from ``/proc``, the CPU that the client, Redis, the
+worker's main process and its pool used per run: all of it over the cores is the least
+wall time any schedule could give that run, hence a bound on its ratio.
 
 Run from the project root with the project's virtualenv::
 
@@ -333,22 +336,34 @@ def tilechord_batch(client: Client, sources: list[bytes], spec: str, inflight: i
 
 
 def throughput_case(
-    client: Client, sources: list[bytes], size: tuple[int, int], inflight: int | None, runs: int, warmup: int
-) -> Row:
+    client: Client,
+    sources: list[bytes],
+    size: tuple[int, int],
+    inflight: int | None,
+    runs: int,
+    warmup: int,
+    cpu: CpuByRole,
+) -> list[Row]:
+    """The throughput row, and a row that reads it against the CPU each side used."""
     spec = "sharpen"
     edit = PILLOW_EDITS[spec]
+    pillow_cpu: list[float] = []
+
+    def pillow_loop() -> list[bytes]:
+        started = time.process_time()
+        out = [pillow_job(data, edit) for data in sources]
+        pillow_cpu.append(time.process_time() - started)
+        return out
+
     pair = compare(
-        lambda: tilechord_batch(client, sources, spec, inflight),
-        lambda: [pillow_job(data, edit) for data in sources],
-        runs,
-        warmup,
+        cpu.measure(lambda: tilechord_batch(client, sources, spec, inflight)), pillow_loop, runs, warmup
     )
     count = len(sources)
     tc_rate, pil_rate = count / pair.tc, count / pair.pil
     ratio = tc_rate / pil_rate
     checks = {same_output(a, b) for a, b in zip(pair.tilechord_out, pair.pillow_out, strict=True)}
     verified = next((c for c in checks if c.startswith("DIFFERENT")), None) or ", ".join(sorted(checks))
-    return Row(
+    row = Row(
         case=f"throughput: {count} x {size[0]}x{size[1]} {spec}, tilechord.map, "
         + (f"{inflight} tasks in flight" if inflight else "its defaults"),
         tilechord=f"{secs(pair.tc)} ({tc_rate:.0f}/s)",
@@ -362,6 +377,33 @@ def throughput_case(
         verified=verified,
         details={"images": count, "tilechord_per_s": tc_rate, "pillow_per_s": pil_rate, **runs_detail(pair)},
     )
+    return [row, cpu_bound_row(cpu.mean(skip=warmup), statistics.mean(pillow_cpu[warmup:]), pair)]
+
+
+def cpu_bound_row(used: dict[str, float], pillow_cpu: float, pair: Pair) -> Row:
+    """The best ratio the CPU that a tilechord run used allows on this machine's cores.
+
+    Every process of a run (the client, Redis, the worker's main process, its pool) shares
+    the same cores here.  Even with no idle moment at all, a run cannot take less wall
+    time than all their CPU time divided by the cores; Pillow's wall time over that is the
+    ceiling for this run's ratio, whatever the scheduling.  On a cluster, where the client
+    and Redis are elsewhere, only the pool's share would count.
+    """
+    cores = os.cpu_count() or 1
+    total = sum(used.values())
+    best = pair.pil / (total / cores) if total else float("nan")
+    parts = " + ".join(f"{role} {seconds * 1000:.0f}" for role, seconds in used.items())
+    return Row(
+        case=f"throughput's bound: its CPU / {cores} cores ({parts} ms)",
+        tilechord=f"{total * 1000:.0f} ms CPU",
+        pillow=f"{pillow_cpu * 1000:.0f} ms CPU",
+        value=f"<= {best:.2f}x",
+        target="report",
+        passed=None,
+        ratio=best,
+        details={"cpu_ms": {role: round(s * 1000, 1) for role, s in used.items()},
+                 "pillow_cpu_ms": round(pillow_cpu * 1000, 1), "cores": cores},
+    )  # fmt: skip
 
 
 def _pillow_jobs(work: tuple[list[bytes], str]) -> int:
@@ -584,6 +626,60 @@ def traced_job(client: Client, data: bytes, spec: str, grid: str | tuple[int, in
     return timeline(log.events, job.id, t0, t_end)
 
 
+def proc_ticks(pid: int, reaped: bool = False) -> int:
+    """CPU clock ticks a process has used (utime + stime; *reaped*: and its waited-for children)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return sum(int(v) for v in fields[11 : 15 if reaped else 13])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds a process has used: nanoseconds from ``schedstat``, else clock ticks."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return proc_ticks(pid) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+class CpuByRole:
+    """CPU seconds used by each role (client, Redis, the worker's main process, its pool).
+
+    Sampled from ``/proc`` around each run of a case, so that a ratio can be read against
+    what the two cores actually had to do: every process of a tilechord run shares them.
+    """
+
+    def __init__(self, roles: dict[str, Callable[[], list[int]]]) -> None:
+        self.roles = roles
+        self.runs: list[dict[str, float]] = []
+
+    def _sample(self) -> dict[str, float]:
+        return {role: sum(proc_cpu_s(pid) for pid in pids()) for role, pids in self.roles.items()}
+
+    def measure(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """*fn*, recording the CPU each role used while it ran."""
+
+        def run() -> T:
+            before = self._sample()
+            out = fn()
+            after = self._sample()
+            self.runs.append({role: after[role] - before[role] for role in self.roles})
+            return out
+
+        return run
+
+    def mean(self, skip: int) -> dict[str, float]:
+        """Per role, the mean CPU seconds of the runs after the first *skip* (warm-ups).
+
+        A mean, not a median: where ``/proc`` counts only in clock ticks (10 ms), averaging
+        is what evens that out over runs of a few hundred milliseconds.
+        """
+        runs = self.runs[skip:] or self.runs
+        return {role: statistics.mean(run[role] for run in runs) for role in self.roles}
+
+
 class CpuMeter:
     """CPU time used on the machine by processes other than ours, from ``/proc``.
 
@@ -609,15 +705,7 @@ class CpuMeter:
         return sum(values) - values[3] - values[4]
 
     def _ours(self) -> int:
-        total = 0
-        for pid in self._pids():
-            try:
-                raw = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = raw[raw.rfind(")") + 2 :].split()
-            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-        return total
+        return sum(proc_ticks(pid, reaped=True) for pid in self._pids())
 
     def _sample(self) -> tuple[int, int]:
         return self._busy(), self._ours()
@@ -855,13 +943,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench.py",
         description=(
-            "Benchmark tilechord (a local Redis plus a Celery worker pool, started here) against "
-            "plain single-process Pillow doing the same whole job: decode a JPEG, apply the same "
-            "Pillow call, encode a JPEG with the same options. Cases: median:size=5 on 12 MP "
-            "(target >= 1.8x), gaussian_blur:radius=8 on 24 MP (>= 1.0x), invert on 24 MP (report), "
-            "latency of a 512x512 sharpen (<= +10 ms), throughput of a batch of 200 256x256 sharpen "
-            "jobs (>= 1.6x), bytes written into Redis per job (<= 2.5x the raw image) and the "
-            "largest task message (< 8 KB). Each case: warm-up 1, then the median of --repeat runs, "
+            "Benchmark tilechord (a local Redis plus a Celery worker pool, started here) against plain "
+            "single-process Pillow doing the same whole job: decode a JPEG, apply the same Pillow call, "
+            "encode a JPEG with the same options. Cases: median:size=5 on 12 MP (target >= 1.8x), "
+            "gaussian_blur:radius=8 on 24 MP (>= 1.0x), invert on 24 MP (report), latency of a 512x512 "
+            "sharpen (<= +10 ms), throughput of a batch of 200 256x256 sharpen jobs (>= 1.6x) with the "
+            "CPU each process used for it, bytes written into Redis per job (<= 2.5x the raw image) and "
+            "the largest task message (< 8 KB). Each case: warm-up 1, then the median of --repeat runs, "
             "tilechord and Pillow alternating. Ratio = Pillow time / tilechord time (> 1: tilechord "
             "faster). Ends with a phase breakdown of the 24 MP gaussian job."
         ),
@@ -942,11 +1030,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Load average at start: {loadavg()}\n", flush=True)
         assert cluster.pool is not None and cluster.redis is not None
         pool, server = cluster.pool, cluster.redis
+        roles = CpuByRole({
+            "client": lambda: [os.getpid()],
+            "Redis": lambda: [server.pid] if server.pid else [],
+            "worker": lambda: [pool.pid] if pool.pid else [],
+            "pool": pool.child_pids,
+        })  # fmt: skip
         meter = CpuMeter(lambda: [os.getpid(), *(p for p in (pool.pid, server.pid) if p), *pool.child_pids()])
 
         big = "24 MP" if not args.quick else "quick"
         mid = "12 MP" if not args.quick else "quick"
-        plan: list[tuple[str, Callable[[], Row]]] = [
+        plan: list[tuple[str, Callable[[], Row | list[Row]]]] = [
             ("heavy filter", lambda: speed_case(
                 client, f"heavy ({mid})", "median:size=5", medium, sizes.medium, grid, 1.8, runs, warmup)),
             ("ceiling", lambda: ceiling_case(  # one run: each takes as long as the heavy case
@@ -959,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
             ("latency", lambda: latency_case(
                 client, small, sizes.small, "auto", runs * LATENCY_FACTOR, warmup)),
             ("throughput", lambda: throughput_case(
-                client, batch, sizes.batch_image, args.inflight, runs, warmup)),
+                client, batch, sizes.batch_image, args.inflight, runs, warmup, roles)),
             ("ceiling", lambda: ceiling_case(
                 f"throughput, {len(batch)} images", "sharpen", batch, args.workers, runs)),
             ("traffic", lambda: traffic_case(
@@ -968,8 +1062,9 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         for name, run in plan:
             started = time.perf_counter()
-            row = run()
-            rows.append(row)
+            out = run()
+            row, *more = out if isinstance(out, list) else [out]
+            rows += [row, *more]
             print(f"  {name:<13} {time.perf_counter() - started:6.1f} s  {row.case}: {row.value} "
                   f"[{row.verdict}]", flush=True)  # fmt: skip
         rows.extend(messages.rows())
