@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import inspect
 import math
 import typing
@@ -566,9 +567,15 @@ class Pipeline:
         return piece.crop((left, top, left + core[2] - core[0], top + core[3] - core[1])), core
 
 
+@functools.cache
+def _probe_base() -> Image.Image:
+    """An 8x6 gradient, made once: Pillow's 256x256 gradient and its resize cost ~0.15 ms a job."""
+    return Image.linear_gradient("L").resize((8, 6))
+
+
 def _probe_image(mode: str) -> Image.Image:
     """A small, non-uniform image of *mode* (with a palette for P and PA)."""
-    base = Image.linear_gradient("L").resize((8, 6))
+    base = _probe_base().copy()  # a copy: an operation may write to its input
     if mode in ("P", "PA"):
         return base.convert("RGB").convert(mode)
     try:
