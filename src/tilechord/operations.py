@@ -575,7 +575,7 @@ def _probe_base() -> Image.Image:
 
 def _probe_image(mode: str) -> Image.Image:
     """A small, non-uniform image of *mode* (with a palette for P and PA)."""
-    base = _probe_base().copy()  # a copy: an operation may write to its input
+    base = _probe_base()  # never handed out itself: convert and new make new images
     if mode in ("P", "PA"):
         return base.convert("RGB").convert(mode)
     try:
