@@ -1076,8 +1076,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, run in plan:
             started = time.perf_counter()
             out = run()
-            row, *more = out if isinstance(out, list) else [out]
-            rows += [row, *more]
+            case_rows = out if isinstance(out, list) else [out]
+            rows += case_rows
+            row = case_rows[0]
             print(f"  {name:<13} {time.perf_counter() - started:6.1f} s  {row.case}: {row.value} "
                   f"[{row.verdict}]", flush=True)  # fmt: skip
         rows.extend(messages.rows())
