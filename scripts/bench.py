@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark tilechord against plain single-process Pillow doing the same whole job.
 
-Starts its own Redis and worker pool (a :class:`tilechord.cluster.LocalCluster` with two
+Starts its own Redis and worker pool (a :class:`tilechord.local.LocalCluster` with two
 workers), builds deterministic photo-like test images, and measures, for each case, the
 median of several runs after a warm-up:
 
@@ -52,10 +52,12 @@ from celery.signals import before_task_publish
 from kombu.serialization import dumps
 from PIL import Image, ImageDraw, ImageFilter, ImageOps, JpegImagePlugin
 
-from tilechord import Client, Settings, codec, tasks
-from tilechord.cluster import LocalCluster
-from tilechord.geometry import tiles
-from tilechord.keys import JobKeys, new_job_id
+from tilechord import Client, Settings
+from tilechord.imaging import codec
+from tilechord.imaging.geometry import tiles
+from tilechord.local import LocalCluster
+from tilechord.worker import tasks
+from tilechord.worker.keys import JobKeys, new_job_id
 
 T = TypeVar("T")
 
@@ -67,7 +69,7 @@ JPEG_QUALITY = 90
 
 PillowEdit = Callable[[Image.Image], Image.Image]
 
-# The Pillow call each tilechord operation makes (see src/tilechord/filters.py).
+# The Pillow call each tilechord operation makes (see src/tilechord/ops/builtin.py).
 PILLOW_EDITS: dict[str, PillowEdit] = {
     "median:size=5": lambda im: im.filter(ImageFilter.MedianFilter(5)),
     "gaussian_blur:radius=8": lambda im: im.filter(ImageFilter.GaussianBlur(8)),

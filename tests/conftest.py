@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tilechord import Client, Settings
-from tilechord.cluster import EmbeddedRedis, WorkerPool
+from tilechord.local import EmbeddedRedis, WorkerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = Path(__file__).resolve().parent / "support"

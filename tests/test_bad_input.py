@@ -30,7 +30,7 @@ from procs import tilechord_cli
 
 import tilechord
 from tilechord import Client, Settings
-from tilechord.api import read_source
+from tilechord.client import read_source
 from tilechord.errors import TilechordError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -29,9 +29,9 @@ import tilechord
 from conftest import tilechord_keys
 from tilechord import Client, InvalidImage, MapProgress, MapResult, UnknownOperation
 from tilechord.cli import plan_outputs, safe_name
-from tilechord.cluster import WorkerPool
-from tilechord.keys import JobKeys, new_job_id
-from tilechord.store import JobGone
+from tilechord.errors import JobGone
+from tilechord.local import WorkerPool
+from tilechord.worker.keys import JobKeys, new_job_id
 
 BLUR = "gaussian_blur:radius=3"
 
@@ -329,7 +329,7 @@ def test_job_get_reports_tile_progress_up_to_the_total(client: Client, no_leftov
 
 
 def test_module_level_map_is_exported() -> None:
-    assert tilechord.map is tilechord.api.map
+    assert tilechord.map is tilechord.client.map
     for name in ("map", "MapResult", "MapProgress"):
         assert name in tilechord.__all__
 

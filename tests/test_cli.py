@@ -22,7 +22,7 @@ import pytest
 from images import photo
 from PIL import Image, ImageFilter, ImageOps
 
-from tilechord.cluster import WorkerPool
+from tilechord.local import WorkerPool
 
 REFERENCES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "gaussian_blur:radius=6": lambda im: im.filter(ImageFilter.GaussianBlur(6)),

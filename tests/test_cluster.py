@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tilechord import Settings
-from tilechord.cluster import (
+from tilechord.local import (
     ClusterError,
     EmbeddedRedis,
     LocalCluster,
@@ -301,7 +301,7 @@ def test_worker_pool_with_the_tilechord_app(server: EmbeddedRedis, tilechord_app
 
 ORPHAN_SCRIPT = """
 import json, sys, threading, time
-from tilechord.cluster import EmbeddedRedis, WorkerPool
+from tilechord.local import EmbeddedRedis, WorkerPool
 
 started = {}
 
@@ -340,7 +340,7 @@ def test_killing_the_parent_leaves_no_orphan(probe_env: dict[str, str]) -> None:
     assert wait_gone(pids, timeout=5) == [], "children outlived a SIGKILLed parent"
     # the temp dirs the dead parent could not remove go with the next process's first start
     assert all(os.path.isdir(d) for d in report["dirs"])
-    sweep = "from tilechord.cluster import EmbeddedRedis; EmbeddedRedis().start().stop()"
+    sweep = "from tilechord.local import EmbeddedRedis; EmbeddedRedis().start().stop()"
     subprocess.run([sys.executable, "-c", sweep], env={**os.environ, **probe_env}, check=True, timeout=30)
     assert not any(os.path.exists(d) for d in report["dirs"])
 
@@ -403,7 +403,7 @@ def test_settings_env_round_trips() -> None:
 CLUSTER_SCRIPT = """
 import atexit, json, sys, time
 from tilechord import Settings
-from tilechord.cluster import LocalCluster, pid_alive, shared_cluster
+from tilechord.local import LocalCluster, pid_alive, shared_cluster
 
 mode, app = sys.argv[1], sys.argv[2]
 pids = []

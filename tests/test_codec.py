@@ -6,8 +6,8 @@ import pytest
 from images import random_image
 from PIL import Image
 
-from tilechord import codec
-from tilechord.geometry import Grid, tiles
+from tilechord.imaging import codec
+from tilechord.imaging.geometry import Grid, tiles
 
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr")
 

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-import tilechord.filters as filters
+import tilechord.ops.builtin as filters
 from tilechord.errors import InvalidParameter, UnsupportedMode
-from tilechord.geometry import Grid, tiles
-from tilechord.operations import Kind, Operation, Param, Pipeline, Step, parse_pipeline, registry
+from tilechord.imaging.geometry import Grid, tiles
+from tilechord.ops import Kind, Operation, Param, Pipeline, Step, parse_pipeline, registry
 
 #: The modes every operation is tried on (where Pillow accepts them), then the rarer ones.
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")

@@ -27,7 +27,7 @@ from procs import wait_for
 from conftest import worker_env
 from tilechord import Client, parse_pipeline
 from tilechord.cli import FLOWER_ENV
-from tilechord.cluster import Flower, WorkerPool
+from tilechord.local import Flower, WorkerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ["grayscale", "gaussian_blur:radius=3"]

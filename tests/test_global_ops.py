@@ -15,8 +15,8 @@ from images import encoded, photo, random_image
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, ImageSequence
 
 from tilechord import Client, UnsupportedMode
-from tilechord.geometry import Grid, tiles
-from tilechord.operations import add_histograms, parse_pipeline
+from tilechord.imaging.geometry import Grid, tiles
+from tilechord.ops import add_histograms, parse_pipeline
 
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from tilechord import Client
 from tilechord.errors import InvalidParameter, UnsupportedMode
-from tilechord.operations import Kind, Operation, Param, registry
+from tilechord.ops import Kind, Operation, Param, registry
 
 #: The kinds of operation drawn: all of them, global ones (stats/reduce stages) included.
 KINDS = frozenset({Kind.PIXEL, Kind.NEIGHBOURHOOD, Kind.GEOMETRY, Kind.GLOBAL})

@@ -24,9 +24,10 @@ from procs import wait_for
 
 import tilechord
 from conftest import PLUGINS, tilechord_keys, worker_env
-from tilechord import Client, Settings, codec
-from tilechord.cluster import EmbeddedRedis, WorkerPool
-from tilechord.keys import JobKeys
+from tilechord import Client, Settings
+from tilechord.imaging import codec
+from tilechord.local import EmbeddedRedis, WorkerPool
+from tilechord.worker.keys import JobKeys
 
 
 @pytest.mark.slow

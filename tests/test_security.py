@@ -35,9 +35,9 @@ from PIL import Image, ImageOps
 import tilechord
 from conftest import PLUGINS, worker_env
 from tilechord import Client, Settings
-from tilechord.cluster import EmbeddedRedis, WorkerPool, _ping_app
 from tilechord.config import celery_config
-from tilechord.keys import JobKeys
+from tilechord.local import EmbeddedRedis, WorkerPool, _ping_app
+from tilechord.worker.keys import JobKeys
 
 JSON_ONLY = {
     "task_serializer": "json",

@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 import tilechord
 from tilechord import Client
+from tilechord.imaging import codec
 
 REFERENCES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "grayscale": ImageOps.grayscale,
@@ -134,7 +135,7 @@ def test_job_messages_of_a_24_megapixel_image_stay_under_8_kb(
     client: Client, messages: Callable[[], list[dict[str, Any]]], no_leftovers: None
 ) -> None:
     image = Image.new("RGB", (6000, 4000), (10, 120, 200))
-    job = client.submit(tilechord.codec.pack_raw(image), ["invert"], grid=(2, 1))
+    job = client.submit(codec.pack_raw(image), ["invert"], grid=(2, 1))
     job.get(timeout=120)
     deadline = time.monotonic() + 10
     seen: dict[str, int] = {}
@@ -187,7 +188,7 @@ def test_python_api_without_redis_starts_one_local_cluster_and_stops_it_at_exit(
         "import os, sys, io, tilechord\n"
         "from PIL import Image, ImageFilter\n"
         "src = sys.argv[1]\n"
-        "from tilechord.cluster import shared_cluster\n"
+        "from tilechord.local import shared_cluster\n"
         "a = tilechord.process(src, ['gaussian_blur:radius=3'], format='PNG')\n"
         "first = shared_cluster()\n"
         "b = tilechord.process(src, ['invert'], grid=(2, 2), format='PNG')\n"

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import filters as _filters  # noqa: F401  (registers the built-in operations)
-from . import global_ops as _global_ops  # noqa: F401  (and the global ones)
-from .api import Client, Job, MapProgress, MapResult, map, process, process_image, submit
+from .client import Client, Job, MapProgress, MapResult, map, process, process_image, submit
 from .config import Settings
 from .errors import (
     BrokerUnavailable,
@@ -31,7 +29,7 @@ from .errors import (
     UnsupportedFormat,
     UnsupportedMode,
 )
-from .operations import Kind, Pipeline, operation, parse_pipeline, registry
+from .ops import Kind, Pipeline, operation, parse_pipeline, registry
 
 __version__ = "0.1.0"
 
@@ -71,7 +69,7 @@ def __getattr__(name: str) -> Any:
     # `celery -A tilechord worker` looks up `tilechord.app`; build it only when asked,
     # so importing tilechord reads no environment and connects to nothing.
     if name in ("app", "celery"):
-        from .celery_app import default_app
+        from .worker.app import default_app
 
         return default_app()
     raise AttributeError(f"module 'tilechord' has no attribute {name!r}")

@@ -76,7 +76,7 @@ class Settings:
     """tilechord's configuration.  Build it with :meth:`from_env` or directly.
 
     ``redis_url`` of ``None`` means "no Redis configured": the API and the command line
-    then start an embedded Redis and a local worker pool (see :mod:`tilechord.cluster`).
+    then start an embedded Redis and a local worker pool (see :mod:`tilechord.local`).
     """
 
     redis_url: str | None = field(default=None, repr=False)

@@ -22,6 +22,8 @@ __all__ = [
     "InvalidGrid",
     "JobFailed",
     "JobTimeout",
+    "JobGone",
+    "InvalidOutput",
     "error_from_name",
 ]
 
@@ -78,6 +80,18 @@ class JobTimeout(TilechordError, TimeoutError):
     """The job did not finish within its timeout; its data has been cleaned up."""
 
 
+class JobGone(JobFailed):
+    """The job's data is gone: it was cleaned up (failed, timed out) or expired.
+
+    Tasks raise it to stop a job nobody waits for; the client sees it when Redis lost
+    the job's keys (a restart, a flush, or a job that outlived its TTL).
+    """
+
+
+class InvalidOutput(TilechordError, ValueError):
+    """The output path cannot be written: a missing directory, a file where a directory must be."""
+
+
 _BY_NAME: dict[str, type[TilechordError]] = {
     cls.__name__: cls
     for cls in (
@@ -94,6 +108,8 @@ _BY_NAME: dict[str, type[TilechordError]] = {
         InvalidGrid,
         JobFailed,
         JobTimeout,
+        JobGone,
+        InvalidOutput,
     )
 }
 

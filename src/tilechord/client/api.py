@@ -23,10 +23,8 @@ import redis
 from celery.result import AsyncResult
 from PIL import Image
 
-from . import codec
-from .celery_app import TilechordCelery, create_app, load_plugins
-from .config import Settings, redact_url
-from .errors import (
+from ..config import Settings, redact_url
+from ..errors import (
     BrokerUnavailable,
     ImageTooLarge,
     InvalidGrid,
@@ -36,11 +34,13 @@ from .errors import (
     TilechordError,
     error_from_name,
 )
-from .geometry import Grid, auto_grid, parse_grid
-from .keys import JobKeys, new_job_id
-from .operations import OpSpec, Pipeline, parse_pipeline
-from .store import BlobStore
-from .tasks import JobSpec, split_signature
+from ..imaging import codec
+from ..imaging.geometry import Grid, auto_grid, parse_grid
+from ..ops import OpSpec, Pipeline, parse_pipeline
+from ..worker.app import TilechordCelery, create_app, load_plugins
+from ..worker.keys import JobKeys, new_job_id
+from ..worker.store import BlobStore
+from ..worker.tasks import JobSpec, split_signature
 
 __all__ = [
     "Client",
@@ -443,7 +443,7 @@ class Client:
             if self._app is None:
                 settings = self._requested
                 if settings.redis_url is None:
-                    from .cluster import shared_cluster
+                    from ..local import shared_cluster
 
                     settings = shared_cluster(settings).settings
                 app = create_app(settings)

@@ -3,7 +3,7 @@
 All of a job's keys live under ``tilechord:<job id>:``; so do a batch's (a batch of
 small images is one unit in Redis, with its sources and results in two hashes).  The ``live`` key marks a job
 that a client still waits for; writers check it so that a straggling task of a failed
-or timed-out job cannot leave data behind (see :mod:`tilechord.store`).
+or timed-out job cannot leave data behind (see :mod:`tilechord.worker.store`).
 """
 
 from __future__ import annotations

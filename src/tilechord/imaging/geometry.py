@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidGrid
+from ..errors import InvalidGrid
 
 __all__ = ["Tile", "Grid", "parse_grid", "tiles", "auto_grid"]
 

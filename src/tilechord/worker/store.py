@@ -20,15 +20,11 @@ from typing import Any, cast
 import redis
 from redis.exceptions import NoPermissionError
 
-from .config import redact_url, redis_ssl_options
-from .errors import BrokerUnavailable, JobFailed
+from ..config import redact_url, redis_ssl_options
+from ..errors import BrokerUnavailable, JobGone
 from .keys import JobKeys
 
-__all__ = ["BlobStore", "JobGone"]
-
-
-class JobGone(JobFailed):
-    """The job's data is gone: it was cleaned up (failed, timed out) or expired."""
+__all__ = ["BlobStore"]
 
 
 @contextmanager

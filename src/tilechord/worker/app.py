@@ -15,8 +15,8 @@ from celery import Celery
 from celery.app import backends
 from celery.backends.redis import RedisBackend
 
-from .config import Settings, celery_config
-from .errors import ConfigurationError
+from ..config import Settings, celery_config
+from ..errors import ConfigurationError
 from .store import BlobStore
 
 __all__ = ["TilechordCelery", "create_app", "default_app", "load_plugins"]

@@ -25,7 +25,7 @@ from typing import Any, TypeAlias
 
 from PIL import Image
 
-from .errors import InvalidParameter, TilechordError, UnknownOperation, UnsupportedMode
+from ..errors import InvalidParameter, TilechordError, UnknownOperation, UnsupportedMode
 
 __all__ = [
     "Kind",

@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from .errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+from ..errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 
 __all__ = [
     "RAW_MAGIC",

@@ -20,7 +20,7 @@ them into the whole image's, stores it, and sends the next stage.  Later
 stages apply the global step with that histogram, so every tile sees the same statistic.
 
 Messages carry the job id, tile geometry and the pipeline: a few hundred bytes whatever
-the image size.  Pixels and histograms stay in Redis (:mod:`tilechord.store`).  Tasks are
+the image size.  Pixels and histograms stay in Redis (:mod:`tilechord.worker.store`).  Tasks are
 idempotent (they write keys derived from the job id and tile), so a task re-run after its
 worker was killed is harmless.
 """
@@ -39,15 +39,14 @@ from celery import Task, chord, group
 from celery.utils.log import get_task_logger
 from PIL import Image
 
-from . import codec
-from .errors import TilechordError
-from .geometry import Grid, tiles
+from ..errors import JobGone, TilechordError
+from ..imaging import codec
+from ..imaging.geometry import Grid, tiles
+from ..ops import Histogram, Pipeline, add_histograms
 from .keys import JobKeys
-from .operations import Histogram, Pipeline, add_histograms
-from .store import JobGone
 
 if TYPE_CHECKING:
-    from .celery_app import TilechordCelery
+    from .app import TilechordCelery
 
 __all__ = ["register_tasks", "split_signature", "JobSpec"]
 

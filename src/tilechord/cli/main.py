@@ -25,13 +25,13 @@ from typing import Any
 import click
 from PIL import Image
 
-from . import __version__, codec
-from .api import Client, MapProgress, MapResult, read_source
-from .celery_app import load_plugins
-from .config import Settings, redact_url
-from .errors import InvalidImage, TilechordError, UnsupportedFormat
-from .geometry import parse_grid
-from .operations import Kind, parse_pipeline, registry
+from .. import __version__
+from ..client import Client, MapProgress, MapResult, read_source
+from ..config import Settings, redact_url
+from ..errors import InvalidImage, TilechordError, UnsupportedFormat
+from ..imaging import codec, parse_grid
+from ..ops import Kind, parse_pipeline, registry
+from ..worker.app import load_plugins
 
 __all__ = ["main", "cli", "write_atomic", "expand_inputs", "plan_outputs", "safe_name"]
 
@@ -76,7 +76,7 @@ def _client(settings: Settings, workers: int | None) -> Iterator[Client]:
         finally:
             client.close()
         return
-    from .cluster import LocalCluster
+    from ..local import LocalCluster
 
     with LocalCluster(settings, workers=workers) as cluster:
         client = Client(cluster.settings)
@@ -517,7 +517,7 @@ def up(workers: int | None, flower: bool) -> None:
     if flower and importlib.util.find_spec("flower") is None:
         _fail("Flower is not installed: pip install 'flower>=2.0' (or run tilechord up --no-flower)")
     settings = Settings.from_env()
-    from .cluster import LocalCluster
+    from ..local import LocalCluster
 
     # Stopping is this command's normal end: SIGTERM and a closed terminal stop it like
     # Ctrl-C, and Ctrl-C works even if our parent started us with SIGINT ignored (`&`).

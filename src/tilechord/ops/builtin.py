@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from .errors import InvalidParameter
+from ..errors import InvalidParameter
 from .operations import Box, Kind, operation
 
 __all__ = [

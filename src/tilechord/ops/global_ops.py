@@ -4,7 +4,7 @@
 levels through a table built from the image's histogram.  Every one of those statistics
 follows from the whole image's histogram, and a histogram is additive: the tiles'
 histograms (of their cores, which partition the image) add up to the image's.  So a job
-runs a global step in two moves (see :mod:`tilechord.tasks`): each tile *measures* its
+runs a global step in two moves (see :mod:`tilechord.worker.tasks`): each tile *measures* its
 histogram, the job adds them up, and each tile then *applies* the step with the sum.
 
 Applying is done by Pillow's own code wherever it can be: ``ImageOps`` builds its

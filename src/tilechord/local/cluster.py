@@ -44,8 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .config import QUEUE, Settings, redact_url, redis_ssl_options
-from .errors import ClusterError
+from ..config import QUEUE, Settings, redact_url, redis_ssl_options
+from ..errors import ClusterError
 
 __all__ = [
     "ClusterError",
