@@ -1,0 +1,198 @@
+"""Decoding sources: the header read that plans a job, and the full decode a worker does.
+
+Every failure Pillow can raise on a damaged or hostile file becomes :class:`InvalidImage`,
+and the size is checked against tilechord's own limit (TILECHORD_MAX_PIXELS) on the
+header alone, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageTooLarge, InvalidImage
+from .raw import Data, is_raw, unpack_raw
+
+__all__ = [
+    "SourceInfo",
+    "Timing",
+    "MULTIFRAME_FORMATS",
+    "inspect_source",
+    "decode",
+    "decode_frames",
+    "frame_count",
+]
+
+# What Pillow raises on a damaged or hostile file, depending on the plugin.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+    MemoryError,
+)
+
+# Formats whose files Pillow writes with every frame (``save_all``).  Any other output
+# gets the first frame only, as ``Image.save`` would give it.
+MULTIFRAME_FORMATS = frozenset({"GIF", "PNG", "TIFF", "WEBP"})
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the client learns from a source's header, before anything is enqueued."""
+
+    format: str | None  # None for a raw (in-memory) image
+    mode: str
+    size: tuple[int, int]
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class Timing:
+    """An animation's timing: each frame's duration (ms) and the loop count."""
+
+    durations: tuple[int | float | None, ...] = ()
+    loop: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The form the merge task's arguments carry it in."""
+        return {"durations": list(self.durations), "loop": self.loop}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Timing:
+        """The inverse of :meth:`to_json`; ``None`` (a still image) is no timing."""
+        data = data or {}
+        return cls(tuple(data.get("durations") or ()), data.get("loop"))
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an image over tilechord's limit, or one with no pixels at all."""
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"image is {size[0]}x{size[1]} = {pixels:,} pixels, over the limit of "
+            f"{max_pixels:,} (raise TILECHORD_MAX_PIXELS to allow it)"
+        )
+    if size[0] < 1 or size[1] < 1:
+        raise InvalidImage(f"image has no pixels ({size[0]}x{size[1]})")
+
+
+def _check_frames(size: tuple[int, int], frames: int, max_pixels: int) -> None:
+    """Apply the pixel limit to all the frames a job would decode, together."""
+    pixels = size[0] * size[1] * frames
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"the image has {frames} frames of {size[0]}x{size[1]}, {pixels:,} pixels in all, "
+            f"over the limit of {max_pixels:,} (raise TILECHORD_MAX_PIXELS, or ask for a "
+            "single-frame output format such as JPEG to process the first frame only)"
+        )
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_header(data: Data) -> Image.Image:
+    """``Image.open`` with our pixel limit in place of Pillow's.
+
+    Pillow warns above 89 MP and refuses above 179 MP, whatever TILECHORD_MAX_PIXELS says.
+    Its check runs on the header alone, before any pixel is decoded; so does ours
+    (:func:`_check_pixels`), with the configured limit and a message naming the setting.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            pass
+        with _PILLOW_LIMIT:  # read the header again with Pillow's own ceiling lifted
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(data: Data, max_pixels: int) -> Image.Image:
+    """The header, opened and checked, with Pillow's failures as :class:`InvalidImage`."""
+    if not data:
+        raise InvalidImage("the input is empty (0 bytes)")
+    try:
+        image = _open_header(data)
+    except UnidentifiedImageError:
+        raise InvalidImage(
+            "the input is not an image in a format Pillow can read "
+            f"(starts with {bytes(data[:8])!r}, {len(data):,} bytes)"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"cannot read the image header: {exc}") from None
+    _check_pixels(image.size, max_pixels)
+    return image
+
+
+def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
+    """Read just the header: cheap, and enough to plan and validate a job."""
+    if is_raw(data):
+        image, _ = unpack_raw(data)
+        _check_pixels(image.size, max_pixels)
+        return SourceInfo(None, image.mode, image.size)
+    image = _open(data, max_pixels)
+    return SourceInfo(image.format, image.mode, image.size, getattr(image, "n_frames", 1))
+
+
+def decode(data: Data, max_pixels: int) -> Image.Image:
+    """Decode a source fully, turning every Pillow failure into :class:`InvalidImage`."""
+    if is_raw(data):
+        return unpack_raw(data)[0]
+    image = _open(data, max_pixels)
+    fmt = image.format
+    try:
+        image.load()
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"the {fmt} image is damaged or truncated: {exc}") from None
+    return image
+
+
+def frame_count(info: SourceInfo, fmt: str | None, max_pixels: int) -> int:
+    """How many frames a job processes: all of them when the output can hold them.
+
+    The pixel limit applies to the frames together, so a small file cannot make the
+    workers decode thousands of full-size frames.
+    """
+    if info.frames <= 1 or fmt not in MULTIFRAME_FORMATS:
+        return 1
+    _check_frames(info.size, info.frames, max_pixels)
+    return info.frames
+
+
+def decode_frames(data: Data, max_pixels: int, count: int) -> tuple[list[Image.Image], Timing]:
+    """The first *count* frames of a source, each as Pillow loads it when seeking there."""
+    image = decode(data, max_pixels)
+    if count <= 1:
+        return [image], Timing()
+    _check_frames(image.size, count, max_pixels)
+    loop = image.info.get("loop")
+    frames: list[Image.Image] = []
+    durations: list[int | float | None] = []
+    fmt = image.format
+    try:
+        for index in range(count):
+            image.seek(index)
+            image.load()
+            frames.append(image.copy())
+            durations.append(image.info.get("duration"))
+    except _DECODE_ERRORS as exc:
+        raise InvalidImage(f"frame {len(frames) + 1} of the {fmt} image is damaged: {exc}") from None
+    return frames, Timing(tuple(durations), loop)

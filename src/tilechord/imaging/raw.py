@@ -1,0 +1,123 @@
+"""tilechord's raw pixel format: how an image travels between tasks.
+
+A short json header (mode, size, palette, transparency, and the caller's ``extra``) and
+Pillow's own pixel bytes.  Nothing is re-encoded on the way, so nothing is lost, and a
+tile costs one ``tobytes`` and one ``frombytes``.  Only the source (as the user gave it)
+and the result (in the format asked for) are encoded files; see :mod:`.decode` and
+:mod:`.encode`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from PIL import Image
+
+from ..errors import InvalidImage
+
+__all__ = ["RAW_MAGIC", "Data", "is_raw", "pack_raw", "unpack_raw", "join_strips"]
+
+RAW_MAGIC = b"TCRAW1\n"
+#: What the decoders take: bytes, or a view of a buffer read straight from Redis.
+Data: TypeAlias = "bytes | bytearray | memoryview"
+_LEN = struct.Struct(">I")
+
+
+def is_raw(data: Data) -> bool:
+    """Whether *data* is a raw blob rather than an encoded file: the magic says so."""
+    return bytes(data[: len(RAW_MAGIC)]) == RAW_MAGIC
+
+
+def _json_safe(value: Any) -> Any:
+    """A transparency value as json can hold it: bytes as base64, tuples as lists."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _from_json_safe(value: Any) -> Any:
+    """The inverse of :func:`_json_safe`, so Pillow gets back the very type it gave."""
+    if isinstance(value, dict) and "b64" in value:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def pack_raw(image: Image.Image, extra: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise an image losslessly: mode, size, palette, transparency and pixels."""
+    header: dict[str, Any] = {"mode": image.mode, "size": list(image.size)}
+    if image.mode in ("P", "PA") and image.palette is not None:
+        pmode = image.palette.mode
+        header["palette"] = [pmode, base64.b64encode(bytes(image.getpalette(pmode) or [])).decode("ascii")]
+    if "transparency" in image.info:
+        header["transparency"] = _json_safe(image.info["transparency"])
+    if extra:
+        header["extra"] = dict(extra)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((RAW_MAGIC, _LEN.pack(len(head)), head, image.tobytes()))
+
+
+def _raw_header(data: Data) -> tuple[dict[str, Any], int]:
+    """A raw blob's header, and where its pixels start."""
+    if not is_raw(data):
+        raise InvalidImage("not a tilechord raw image")
+    offset = len(RAW_MAGIC)
+    (hlen,) = _LEN.unpack_from(data, offset)
+    offset += _LEN.size
+    header: dict[str, Any] = json.loads(bytes(data[offset : offset + hlen]))
+    return header, offset + hlen
+
+
+def _image_from(header: Mapping[str, Any], pixels: Data) -> Image.Image:
+    """The image a header and its pixel bytes describe, sharing those bytes' memory."""
+    mode, size = header["mode"], tuple(header["size"])
+    # frombuffer shares *pixels*' memory where it can (no copy of a tile's pixels) and marks
+    # the image read-only; Pillow copies such an image before anything writes to it.
+    image = Image.frombuffer(mode, size, pixels, "raw", mode, 0, 1)  # type: ignore[arg-type]
+    if "palette" in header:
+        pmode, pal = header["palette"]
+        image.putpalette(base64.b64decode(pal), pmode)
+    if "transparency" in header:
+        image.info["transparency"] = _from_json_safe(header["transparency"])
+    return image
+
+
+def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:
+    """The inverse of :func:`pack_raw`; returns the image and the ``extra`` mapping."""
+    header, offset = _raw_header(data)
+    return _image_from(header, memoryview(data)[offset:]), dict(header.get("extra") or {})
+
+
+def join_strips(blobs: list[Data], size: tuple[int, int]) -> Image.Image | None:
+    """Full-width strips, top to bottom, as one image: their pixels end to end, no canvas.
+
+    Raw pixels are stored row after row, so strips that span the width and follow each
+    other down the image are the whole image's bytes once put one after the other: one
+    copy, where a canvas costs a fill, a decode per strip and a paste.  ``None`` when the
+    pieces are not such strips (columns, a grid, different modes or palettes); each
+    blob's ``extra`` must hold its ``box`` on the output.
+    """
+    parts = [_raw_header(blob) for blob in blobs]
+    first = {k: v for k, v in parts[0][0].items() if k not in ("size", "extra")}
+    order = sorted(range(len(parts)), key=lambda i: int(parts[i][0]["extra"]["box"][1]))
+    y = 0
+    for i in order:
+        header = parts[i][0]
+        x0, y0 = header["extra"]["box"][:2]
+        width, height = header["size"]
+        if (x0, y0, width) != (0, y, size[0]) or {
+            k: v for k, v in header.items() if k not in ("size", "extra")
+        } != first:
+            return None
+        y += height
+    if y != size[1]:
+        return None
+    joined = b"".join(memoryview(blobs[i])[parts[i][1] :] for i in order)
+    return _image_from({**first, "size": list(size)}, joined)
