@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
-__all__ = ["Settings", "celery_config", "redact_url", "redis_ssl_options"]
+__all__ = ["QUEUE", "Settings", "celery_config", "redact_url", "redis_ssl_options"]
 
 #: The queue every tilechord task goes to, so a shared Redis can serve other apps too.
 QUEUE = "tilechord"
@@ -71,6 +71,55 @@ def _check_url(name: str, url: str | None) -> None:
         raise ConfigurationError(f"{name} must be a redis:// or rediss:// URL, not {redact_url(url)!r}")
 
 
+# -- the variables: one table, read by Settings.from_env and written by Settings.to_env --------
+
+#: ``(env, variable name, the field's default) -> value``
+_Reader = Callable[[Mapping[str, str], str, Any], Any]
+
+
+def _read_url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    return env.get(name) or default
+
+
+def _read_whole(minimum: int) -> _Reader:
+    def read(env: Mapping[str, str], name: str, default: int) -> int:
+        return _int(env, name, default, minimum=minimum)
+
+    return read
+
+
+def _read_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+    return names or default
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """One ``TILECHORD_*`` variable: the field it sets, how to parse it and how to write it."""
+
+    field: str
+    name: str
+    read: _Reader
+    write: Callable[[Any], str]
+
+
+#: Every field but ``max_side``, which has no variable: it bounds the grid a caller asks for and
+#: is checked where the job is submitted, so a worker never needs it.  from_env leaves it at
+#: its default and to_env does not write it.
+_VARIABLES: tuple[_Variable, ...] = (
+    _Variable("redis_url", "TILECHORD_REDIS_URL", _read_url, lambda url: url or ""),
+    _Variable("result_url", "TILECHORD_RESULT_URL", _read_url, lambda url: url or ""),
+    _Variable("key_ttl", "TILECHORD_KEY_TTL", _read_whole(10), str),
+    _Variable("job_timeout", "TILECHORD_JOB_TIMEOUT", _float, lambda s: repr(float(s))),  # repr: exact
+    _Variable("max_pixels", "TILECHORD_MAX_PIXELS", _read_whole(1), str),
+    _Variable("max_bytes", "TILECHORD_MAX_BYTES", _read_whole(1), str),
+    _Variable("max_tiles", "TILECHORD_MAX_TILES", _read_whole(1), str),
+    _Variable("workers", "TILECHORD_WORKERS", _read_whole(1), str),
+    _Variable("plugins", "TILECHORD_PLUGINS", _read_names, ",".join),
+)
+_NAMES = {v.field: v.name for v in _VARIABLES}  # for error messages that name the variable
+
+
 @dataclass(frozen=True)
 class Settings:
     """tilechord's configuration.  Build it with :meth:`from_env` or directly.
@@ -91,8 +140,8 @@ class Settings:
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_url("TILECHORD_REDIS_URL", self.redis_url)
-        _check_url("TILECHORD_RESULT_URL", self.result_url)
+        _check_url(_NAMES["redis_url"], self.redis_url)
+        _check_url(_NAMES["result_url"], self.result_url)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
@@ -103,20 +152,18 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every ``TILECHORD_*`` variable once; unset ones keep their defaults."""
         env = os.environ if env is None else env
-        plugins = tuple(p.strip() for p in env.get("TILECHORD_PLUGINS", "").split(",") if p.strip())
         default = cls()
-        return cls(
-            redis_url=env.get("TILECHORD_REDIS_URL") or None,
-            result_url=env.get("TILECHORD_RESULT_URL") or None,
-            key_ttl=_int(env, "TILECHORD_KEY_TTL", default.key_ttl, minimum=10),
-            job_timeout=_float(env, "TILECHORD_JOB_TIMEOUT", default.job_timeout),
-            max_pixels=_int(env, "TILECHORD_MAX_PIXELS", default.max_pixels),
-            max_bytes=_int(env, "TILECHORD_MAX_BYTES", default.max_bytes),
-            max_tiles=_int(env, "TILECHORD_MAX_TILES", default.max_tiles),
-            max_side=default.max_side,
-            workers=_int(env, "TILECHORD_WORKERS", default.workers),
-            plugins=plugins,
-        )
+        return cls(**{v.field: v.read(env, v.name, getattr(default, v.field)) for v in _VARIABLES})
+
+    def to_env(self) -> dict[str, str]:
+        """The ``TILECHORD_*`` variables that make :meth:`from_env` rebuild these settings.
+
+        A worker or Flower reads its settings from its environment; without these it would
+        run with the defaults, not the caller's limits and timeout.  Every variable is
+        written, unset ones as ``""``, so none is inherited from our own environment.  The
+        result holds the URLs' passwords: it is for a child's environment, never for a log.
+        """
+        return {v.name: v.write(getattr(self, v.field)) for v in _VARIABLES}
 
     @property
     def backend_url(self) -> str | None:
