@@ -1,4 +1,4 @@
-"""The Celery app: built from :class:`~tilechord.config.Settings`, never from globals.
+"""The Celery app factory: built from :class:`~tilechord.config.Settings`, never from globals.
 
 ``celery -A tilechord worker`` finds the app through ``tilechord.app``, which is
 :func:`default_app` (settings read once from the environment).  Clients with other
@@ -61,7 +61,12 @@ def load_plugins(names: tuple[str, ...]) -> None:
 
 
 def create_app(settings: Settings) -> TilechordCelery:
-    from .tasks import register_tasks
+    """A Celery app for *settings*, with tilechord's tasks bound to it.
+
+    The task module is imported here, not at the top: ``import tilechord`` (a client, the
+    command line) must define no Celery task until an app is made.
+    """
+    from .tasks import bind
 
     load_plugins(settings.plugins)
     app = TilechordCelery("tilechord", set_as_current=False)
@@ -69,7 +74,7 @@ def create_app(settings: Settings) -> TilechordCelery:
     app.tilechord_settings = settings
     assert settings.redis_url is not None  # celery_config has checked
     app.store = BlobStore(settings.redis_url, settings.key_ttl)
-    register_tasks(app)
+    bind(app)
     return app
 
 

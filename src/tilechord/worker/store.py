@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 from redis.exceptions import NoPermissionError
 
 from ..config import redact_url, redis_ssl_options
 from ..errors import BrokerUnavailable, JobGone
+from .bulk import read_bulk
 from .keys import JobKeys
 
 __all__ = ["BlobStore"]
@@ -150,18 +152,15 @@ class BlobStore:
 
         Like :meth:`finish`, for a live batch only: after a cleanup the write is taken back.
         """
-        with _redis_errors(self.url):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.exists(keys.live)
+
+        def write(pipe: Pipeline) -> None:
             if results:
                 pipe.hset(keys.results, mapping=results)  # type: ignore[arg-type]
                 pipe.expire(keys.results, self.ttl)
-            pipe.rpush(keys.done, json.dumps({"items": ended}))
-            pipe.expire(keys.done, self.ttl)
-            live = pipe.execute()[0]
-            if not live:
-                self.client.delete(keys.results, keys.done)
-                raise JobGone(f"batch {keys.job_id} was cancelled or expired; dropped its results")
+            self._push_done(pipe, keys, {"items": ended})
+
+        self._guarded(keys, write, (keys.results, keys.done),
+                      f"batch {keys.job_id} was cancelled or expired; dropped its results")  # fmt: skip
 
     def drain(self, keys: JobKeys) -> list[dict[str, Any]]:
         """Every end message waiting on the job's list, without blocking."""
@@ -189,17 +188,16 @@ class BlobStore:
 
     def put(self, keys: JobKeys, key: str, data: bytes) -> None:
         """Store *data* under *key* for a live job; raise :class:`JobGone` otherwise."""
-        with _redis_errors(self.url):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.exists(keys.live)
+
+        def write(pipe: Pipeline) -> None:
             pipe.set(key, data, ex=self.ttl)
             if key not in keys.fixed:  # a tile's key: cleanup finds it in the index
                 pipe.sadd(keys.index, key)
                 pipe.expire(keys.index, self.ttl)
-            live = pipe.execute()[0]
-            if not live:
-                self.client.delete(key, keys.index)
-                raise JobGone(f"job {keys.job_id} was cancelled or expired; dropped {key}")
+
+        self._guarded(
+            keys, write, (key, keys.index), f"job {keys.job_id} was cancelled or expired; dropped {key}"
+        )
 
     def get(self, keys: JobKeys, key: str) -> bytes:
         with _redis_errors(self.url):
@@ -212,7 +210,7 @@ class BlobStore:
     def get_pixels(self, keys: JobKeys, key: str) -> memoryview:
         """Like :meth:`get`, for a tile's megabytes: read straight into one buffer."""
         with _redis_errors(self.url):
-            data = _read_bulk(self.client, key)
+            data = read_bulk(self.client, key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
         return data
@@ -221,14 +219,7 @@ class BlobStore:
 
     def tile_done(self, keys: JobKeys) -> None:
         """Count an edited tile, for a live job only (a straggler must not leave a counter)."""
-        with _redis_errors(self.url):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.exists(keys.live)
-            pipe.incr(keys.progress)
-            pipe.expire(keys.progress, self.ttl)
-            live = pipe.execute()[0]
-            if not live:
-                self.client.delete(keys.progress)
+        self._guarded(keys, lambda pipe: self._count_tile(pipe, keys), (keys.progress,), None)
 
     def tiles_done(self, keys: JobKeys) -> int:
         with _redis_errors(self.url):
@@ -247,30 +238,64 @@ class BlobStore:
         :meth:`put`, :meth:`notify` (and with *count_tile*, :meth:`tile_done`) at once: a
         small job does little else, so three round trips would cost more than its edit.
         """
-        with _redis_errors(self.url):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.exists(keys.live)
+
+        def write(pipe: Pipeline) -> None:
             pipe.set(keys.result, result, ex=self.ttl)
             if count_tile:
-                pipe.incr(keys.progress)
-                pipe.expire(keys.progress, self.ttl)
-            pipe.rpush(keys.done, json.dumps({"ok": True}))
-            pipe.expire(keys.done, self.ttl)
-            live = pipe.execute()[0]
-            if not live:
-                self.client.delete(keys.result, keys.index, keys.progress, keys.done)
-                raise JobGone(f"job {keys.job_id} was cancelled or expired; dropped its result")
+                self._count_tile(pipe, keys)
+            self._push_done(pipe, keys, {"ok": True})
+
+        self._guarded(keys, write, (keys.result, keys.index, keys.progress, keys.done),
+                      f"job {keys.job_id} was cancelled or expired; dropped its result")  # fmt: skip
 
     def notify(self, keys: JobKeys, message: dict[str, Any]) -> None:
         """Tell the waiting client the job ended (result ready, or the first error)."""
+        self._guarded(keys, lambda pipe: self._push_done(pipe, keys, message), (keys.done,), None)
+
+    # -- the guarded write ------------------------------------------------------------
+
+    def _guarded(
+        self, keys: JobKeys, write: Callable[[Pipeline], None], undo: tuple[str, ...], gone: str | None
+    ) -> None:
+        """Run *write* in one MULTI with a check that the job is live; take it back if not.
+
+        Every write of a task goes through here.  The client's cleanup deletes the live
+        mark first, so either a write lands before the cleanup (which deletes it) or
+        after, finds the job gone and deletes *undo* itself: nothing is left behind.
+        With *gone*, a write to a dead job raises :class:`JobGone` with that message, so
+        the task stops; without, it is dropped quietly (counters, end notices).
+        """
         with _redis_errors(self.url):
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
-            pipe.rpush(keys.done, json.dumps(message))
-            pipe.expire(keys.done, self.ttl)
+            write(pipe)
             live = pipe.execute()[0]
             if not live:
-                self.client.delete(keys.done)
+                self.client.delete(*undo)
+                if gone is not None:
+                    raise JobGone(gone)
+
+    def _push_done(self, pipe: Pipeline, keys: JobKeys, message: dict[str, Any]) -> None:
+        pipe.rpush(keys.done, json.dumps(message))
+        pipe.expire(keys.done, self.ttl)
+
+    def _count_tile(self, pipe: Pipeline, keys: JobKeys) -> None:
+        pipe.incr(keys.progress)
+        pipe.expire(keys.progress, self.ttl)
+
+    def wait_any(self, done_keys: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
+        """Block up to *timeout* seconds for the first end message on any of *done_keys*.
+
+        One BLPOP over every job and batch in flight (:meth:`Client.map`); returns the
+        list's key and its message.
+        """
+        with _redis_errors(self.url):
+            item = self.client.blpop(done_keys, timeout=max(0.01, timeout))
+        if item is None:
+            return None
+        key = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
+        message: dict[str, Any] = json.loads(item[1])
+        return key, message
 
     def wait(self, keys: JobKeys, timeout: float) -> dict[str, Any] | None:
         """Block up to *timeout* seconds for the job's end message.
@@ -291,63 +316,3 @@ class BlobStore:
             return None
         message: dict[str, Any] = json.loads(item[1])
         return message
-
-
-def _read_bulk(client: redis.Redis, key: str) -> memoryview | None:
-    """GET *key*, reading the reply off the socket into one preallocated buffer.
-
-    redis-py's pure-Python parser reads a bulk reply 64 KB at a time into a BytesIO and
-    copies it three times more; for a 36 MB tile that is about 3x slower than this
-    ``recv_into`` (``scripts/bench.py`` shows the data path).  hiredis would read faster
-    but makes SET of large values 3.5x slower, so it stays out.  Anything unexpected
-    (a reply already buffered, a non-socket transport) falls back to the parser.
-    """
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    clean = False
-    try:
-        conn.send_command("GET", key)  # type: ignore[no-untyped-call]
-        sock = getattr(conn, "_sock", None)
-        buffered = getattr(getattr(conn, "_parser", None), "_buffer", None)
-        if sock is None or buffered is None or buffered.unread_bytes():
-            reply = conn.read_response()
-            clean = True
-            return None if reply is None else memoryview(reply)
-        try:
-            head = bytearray()
-            while b"\r\n" not in head:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise redis.ConnectionError("Redis closed the connection during a GET")
-                head += chunk
-            line, _, rest = bytes(head).partition(b"\r\n")
-            if line.startswith(b"-"):
-                clean = True
-                raise redis.ResponseError(line[1:].decode(errors="replace"))
-            if line in (b"$-1", b"_"):
-                clean = True
-                return None
-            if not line.startswith(b"$"):
-                raise redis.ConnectionError(f"unexpected reply to GET: {line[:32]!r}")
-            length = int(line[1:])
-            if len(rest) > length + 2:
-                raise redis.ConnectionError("more data than the GET reply announced")
-            buffer = bytearray(length + 2)
-            view = memoryview(buffer)
-            view[: len(rest)] = rest
-            got = len(rest)
-            while got < length + 2:
-                n = sock.recv_into(view[got:])
-                if n == 0:
-                    raise redis.ConnectionError("Redis closed the connection during a GET")
-                got += n
-        except TimeoutError as exc:  # socket.timeout
-            raise redis.TimeoutError(f"timeout reading a GET reply: {exc}") from None
-        except OSError as exc:
-            raise redis.ConnectionError(f"error reading a GET reply: {exc}") from None
-        clean = True
-        return view[:length]
-    finally:
-        if not clean:  # the reply was not read to its end: the connection is out of step
-            conn.disconnect()  # type: ignore[no-untyped-call]
-        pool.release(conn)

@@ -1,0 +1,107 @@
+"""The merge: the edited tiles joined into one image per frame, encoded, handed over.
+
+Full-width strips of one frame (what ``grid="auto"`` cuts) are joined end to end from
+their raw bytes, with no canvas; any other grid pastes each tile where its box says.
+The result and the client's end notice are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from ..imaging import codec
+from ..ops import Pipeline
+from .canvas import job_tiles
+from .keys import JobKeys
+from .specs import JobSpec, Plan, TileSpec
+
+if TYPE_CHECKING:
+    from .app import TilechordCelery
+
+__all__ = ["finish", "merge_frames"]
+
+
+def finish(
+    app: TilechordCelery,
+    keys: JobKeys,
+    spec: JobSpec,
+    frames: list[Image.Image],
+    timing: Any,
+    source: Image.Image | None,
+    count_tile: bool = False,
+) -> dict[str, Any]:
+    """Encode the result, store it, and tell the waiting client; the task's summary.
+
+    *source* is the source image as opened or decoded (its ``info`` and tables are all
+    the encoder needs for the metadata), or ``None`` for a raw source, which has none.
+    """
+    original = source if source is not None and source.format else None
+    data = codec.encode_frames(frames, spec.format, original, codec.Timing.from_json(timing))
+    app.store.finish(keys, data, count_tile)
+    return {
+        "size": list(frames[0].size),
+        "mode": frames[0].mode,
+        "frames": len(frames),
+        "format": spec.format or "raw",
+        "bytes": len(data),
+    }
+
+
+def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan) -> dict[str, Any]:
+    """What ``tilechord.merge`` does: join or paste the edited tiles, then :func:`finish`."""
+    pipeline = Pipeline.from_json(spec.ops)
+    layout = job_tiles(spec, plan, pipeline.halo)
+    frames, read = _strips(app, keys, pipeline, layout)
+    if not frames:
+        frames = _pasted(app, keys, pipeline, layout, plan, read)
+    # The source again, for its metadata; a raw one (maybe 36 MB) has none to read.
+    source = None if plan.raw else Image.open(io.BytesIO(app.store.get(keys, keys.source)))
+    return finish(app, keys, spec, frames, plan.timing, source)
+
+
+def _strips(
+    app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, layout: list[TileSpec]
+) -> tuple[list[Image.Image], list[codec.Data]]:
+    """A single frame cut in full-width strips (what ``grid="auto"`` gives): joined, not pasted.
+
+    Returns the frame (none if the edited tiles are no such strips) and the tiles it read.
+    """
+    if len(layout) < 2 or any(tile.frame or tile.box[0] for tile in layout):
+        return [], []
+    size = pipeline.output_size(layout[0].size)
+    blobs: list[codec.Data] = [app.store.get_pixels(keys, keys.edited(tile.index)) for tile in layout]
+    joined = codec.join_strips(blobs, size)
+    return ([], blobs) if joined is None else ([joined], blobs)
+
+
+def _pasted(
+    app: TilechordCelery,
+    keys: JobKeys,
+    pipeline: Pipeline,
+    layout: list[TileSpec],
+    plan: Plan,
+    read: list[codec.Data],
+) -> list[Image.Image]:
+    """Each frame's edited tiles pasted onto a canvas of the output's size (*read*: already read)."""
+    canvases: list[Image.Image | None] = [None] * plan.frames
+    for n, tile in enumerate(layout):
+        blob = read[n] if read else app.store.get_pixels(keys, keys.edited(tile.index))
+        piece, extra = codec.unpack_raw(blob)
+        canvas = canvases[tile.frame]
+        if canvas is None:
+            canvas = canvases[tile.frame] = _blank_like(piece, pipeline.output_size(tile.size))
+        canvas.paste(piece, tuple(extra["box"][:2]))
+    return [c for c in canvases if c is not None]
+
+
+def _blank_like(piece: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An empty canvas of *size* in the mode, palette and transparency of an edited tile."""
+    canvas = Image.new(piece.mode, size)
+    if piece.mode in ("P", "PA") and piece.palette is not None:
+        canvas.putpalette(piece.getpalette(piece.palette.mode) or [], piece.palette.mode)
+    if "transparency" in piece.info:
+        canvas.info["transparency"] = piece.info["transparency"]
+    return canvas

@@ -1,0 +1,56 @@
+"""How a task reports: a log line with its time, and on failure a typed error to the client.
+
+The client turns ``{"error": name, "message": text}`` back into the same
+:class:`~tilechord.errors.TilechordError` subclass (:func:`~tilechord.errors.error_from_name`),
+so a bad tile raises at the caller what a bad header would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from celery.utils.log import get_task_logger
+
+from ..errors import JobGone, TilechordError
+from .keys import JobKeys
+
+if TYPE_CHECKING:
+    from .app import TilechordCelery
+
+__all__ = ["failure", "logger", "reported"]
+
+logger = get_task_logger("tilechord")
+
+
+def failure(exc: BaseException, where: str) -> tuple[str, str]:
+    """The error name and message a client gets: ours as they are, anything else as JobFailed."""
+    if isinstance(exc, TilechordError):
+        return type(exc).__name__, str(exc)
+    return "JobFailed", f"{where} failed: {type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
+    """Log the task's time; on failure tell the waiting client at once, by error type.
+
+    The first error wins the client's attention, so a job fails as fast as its first
+    failing tile, without waiting for the chord to gather the others.
+    """
+    started = time.perf_counter()
+    try:
+        yield
+    except JobGone:
+        logger.info("job %s: %s skipped, the job was cancelled or expired", keys.job_id, what)
+        raise
+    except Exception as exc:
+        name, message = failure(exc, f"{what} of job {keys.job_id}")
+        logger.warning("job %s: %s failed: %s", keys.job_id, what, message)
+        with contextlib.suppress(TilechordError):  # Redis gone too: the client's timeout reports it
+            app.store.notify(keys, {"ok": False, "error": name, "message": message})
+        raise
+    else:
+        logger.info("job %s: %s done in %.3f s", keys.job_id, what, time.perf_counter() - started)
