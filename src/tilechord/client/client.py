@@ -1,0 +1,241 @@
+"""The client: checks a job completely, then stores its source and sends its canvas.
+
+Everything a job can get wrong is checked here, before anything is enqueued: the
+source (readable, within limits), the pipeline (known operations, valid parameters, a
+mode each step accepts), the grid and the output format.  With no Redis configured, a
+local cluster (embedded Redis plus a worker pool) is started on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from PIL import Image
+
+from ..config import Settings
+from ..errors import InvalidGrid, InvalidImage
+from ..imaging import Grid, auto_grid, codec, parse_grid
+from ..ops import OpSpec, Pipeline, parse_pipeline
+from ..worker.keys import JobKeys, new_job_id
+from ..worker.specs import JobSpec
+from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
+from .job import Job, Prepared
+from .sources import Source, read_source
+
+if TYPE_CHECKING:
+    from ..worker.app import TilechordCelery
+    from ..worker.store import BlobStore
+
+__all__ = ["DEFAULT_GRID", "Client", "GridSpec"]
+
+GridSpec: TypeAlias = "tuple[int, int] | str | Grid | Literal['auto']"
+Ops: TypeAlias = "Iterable[OpSpec] | OpSpec | Pipeline | None"
+#: The pipeline's checks already made in one :meth:`Client.map`, by (mode, format).
+Checked: TypeAlias = "dict[Any, str | None]"
+
+DEFAULT_GRID = (2, 1)
+
+
+def _is_auto(grid: GridSpec) -> bool:
+    return isinstance(grid, str) and grid.strip().lower() == "auto"
+
+
+class Client:
+    """Submits jobs with one set of :class:`Settings`.
+
+    The module-level functions use a shared client configured from the environment; make
+    your own to point at another Redis or change limits without touching the environment.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        from ..worker.app import load_plugins
+
+        self._requested = Settings.from_env() if settings is None else settings
+        load_plugins(self._requested.plugins)
+        self._lock = threading.Lock()
+        self._app: TilechordCelery | None = None
+
+    def _connect(self) -> TilechordCelery:
+        # The worker package is imported on the first job, not with tilechord: an app
+        # (and its task definitions) is made only when something is sent.
+        from ..worker.app import create_app
+
+        with self._lock:
+            if self._app is None:
+                settings = self._requested
+                if settings.redis_url is None:
+                    from ..local import shared_cluster
+
+                    settings = shared_cluster(settings).settings
+                app = create_app(settings)
+                app.store.ping()
+                self._app = app
+            return self._app
+
+    @property
+    def app(self) -> TilechordCelery:
+        return self._connect()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (with the embedded Redis's URL once one is started)."""
+        return self.app.tilechord_settings
+
+    @property
+    def store(self) -> BlobStore:
+        return self.app.store
+
+    def plan(
+        self, data: bytes, ops: Ops, grid: GridSpec, format: str | None
+    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
+        """Validate a job completely without enqueuing anything."""
+        return self._plan(data, parse_pipeline(ops), grid, format, None)
+
+    def _plan(
+        self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
+    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
+        settings = self._requested
+        info = codec.inspect_source(data, settings.max_pixels)
+        fmt = format if format is not None else info.format
+        key = (info.mode, fmt)
+        if checked is not None and key in checked:  # a batch: same pipeline, same mode and format
+            fmt = checked[key]
+        else:
+            out_mode = pipeline.check_mode(info.mode)
+            if fmt is not None:
+                fmt = codec.check_format(fmt, out_mode)
+            if checked is not None:
+                checked[key] = fmt
+        if _is_auto(grid):
+            chosen = auto_grid(info.size[0], info.size[1], max(1, settings.workers))
+        else:
+            chosen = parse_grid(grid, max_side=settings.max_side)
+        used = chosen.clip(*info.size)
+        if used.cols * used.rows > settings.max_tiles:
+            raise InvalidGrid(
+                f"grid {chosen} makes {used.cols * used.rows} tiles, over the limit of "
+                f"{settings.max_tiles} (TILECHORD_MAX_TILES)"
+            )
+        return pipeline, used, info, fmt
+
+    def _prepare(
+        self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
+    ) -> Prepared:
+        pipeline, used, info, fmt = self._plan(data, pipeline, grid, format, checked)
+        frames = codec.frame_count(info, fmt, self._requested.max_pixels)
+        return Prepared(data, pipeline, used, info, fmt, frames)
+
+    def _start(self, job: Prepared, timeout: float | None) -> Job:
+        """Store the source and send the split; the job's keys go again if sending fails."""
+        from ..worker.canvas import split_signature
+
+        app = self.app
+        keys = JobKeys(new_job_id())
+        spec = JobSpec(
+            keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames
+        )
+        info = job.info
+        describe = (
+            f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "
+            f"grid {job.grid}, [{job.pipeline}]"
+        )
+        app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
+        try:
+            split_signature(app, spec, describe).apply_async()
+        except BaseException:
+            app.store.cleanup(keys)
+            raise
+        limit = self._requested.job_timeout if timeout is None else timeout
+        return Job(app, keys, job.tiles, job.format, limit)
+
+    def submit(
+        self,
+        source: Source,
+        ops: Ops = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        format: str | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Check the job, store the source in Redis and start the canvas; returns at once."""
+        data = read_source(source, self._requested.max_bytes)
+        return self._start(self._prepare(data, parse_pipeline(ops), grid, format, None), timeout)
+
+    def process(
+        self,
+        source: Source,
+        ops: Ops = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        format: str | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Run a job and return the encoded result (in the input's format by default)."""
+        return self.submit(source, ops, grid=grid, format=format, timeout=timeout).get()
+
+    def process_image(
+        self,
+        image: Image.Image,
+        ops: Ops = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        timeout: float | None = None,
+    ) -> Image.Image:
+        """Run a job on an in-memory image; pixels travel raw both ways, never encoded."""
+        if not isinstance(image, Image.Image):
+            raise InvalidImage(f"process_image takes a PIL.Image.Image, not {type(image).__name__}")
+        image.load()
+        prepared = self._prepare(codec.pack_raw(image), parse_pipeline(ops), grid, None, None)
+        result, _ = codec.unpack_raw(self._start(prepared, timeout).get())
+        return result
+
+    def map(
+        self,
+        sources: Iterable[Source],
+        ops: Ops = None,
+        *,
+        grid: GridSpec = "auto",
+        format: str | None = None,
+        timeout: float | None = None,
+        jobs: int | None = None,
+        batch: int = DEFAULT_BATCH,
+        on_progress: MapProgressCallback | None = None,
+    ) -> Generator[MapResult, None, None]:
+        """Run the same pipeline on every source, one job each; yield outcomes as they finish.
+
+        At most *jobs* tasks are in flight at once (default: twice the configured workers),
+        so a long batch neither floods Redis with sources nor reads them all into memory:
+        a source is read only when its job is submitted.  Small images (one tile each,
+        which ``grid="auto"`` gives anything under a megapixel or so) travel up to *batch*
+        (and :data:`~tilechord.client.batch.BATCH_BYTES`) to a task, since a Celery round
+        trip costs more than editing one of them; their ``job_id`` is ``<batch task
+        id>-<place in it>``.  Every source yields exactly one :class:`MapResult`, in
+        completion order (``index`` gives the position); a bad image is a failed result,
+        not an exception.  A malformed pipeline or grid raises at once, and a lost broker
+        raises :class:`BrokerUnavailable`.  ``on_progress`` is called with a
+        :class:`MapProgress` (in this thread) whenever something changes.  Closing the
+        iterator early cancels the jobs still in flight.
+        """
+        settings = self._requested
+        workers = max(1, settings.workers)
+        limit = 2 * workers if jobs is None else jobs
+        if limit < 1:
+            raise ValueError(f"jobs must be at least 1, not {limit}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        pipeline = parse_pipeline(ops)
+        if not _is_auto(grid):
+            parse_grid(grid, max_side=settings.max_side)
+        options = MapOptions(pipeline, grid, format, timeout, settings.job_timeout, limit, batch, workers,
+                             settings.max_bytes)  # fmt: skip
+        # The app is reached only when a job is sent: a map of sources that all fail their
+        # checks starts no local cluster.
+        yield from Mapper(lambda: self.app, self._prepare, self._start, sources, options, on_progress).run()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._app is not None:
+                self._app.close()
+                self._app = None

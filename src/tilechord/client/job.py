@@ -1,0 +1,211 @@
+"""A submitted job: wait for it, watch it, cancel it.
+
+The client waits on the job's own Redis list (BLPOP ``tilechord:<job>:done``), where the
+merge, or the first failing task, pushes one end message.  Celery's own records are read
+only when nothing came for a poll interval, for failures no task could report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from celery.result import AsyncResult
+
+from ..config import redact_url
+from ..errors import BrokerUnavailable, JobTimeout, TilechordError, error_from_name
+from ..imaging import Grid
+from ..imaging.codec import SourceInfo
+from ..ops import Pipeline
+from ..worker.keys import JobKeys
+
+if TYPE_CHECKING:
+    from ..worker.app import TilechordCelery
+
+__all__ = ["POLL", "Job", "Prepared", "ProgressCallback"]
+
+POLL = 0.5  # seconds between checks of Celery's own state while waiting
+
+#: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
+ProgressCallback: TypeAlias = "Callable[[int, int], object]"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job checked by :meth:`Client.plan`, not yet sent."""
+
+    data: bytes
+    pipeline: Pipeline
+    grid: Grid
+    info: SourceInfo
+    format: str | None
+    frames: int
+
+    @property
+    def tiles(self) -> int:
+        return self.grid.cols * self.grid.rows * self.frames
+
+
+class Job:
+    """A submitted job.  :meth:`get` waits for it, returns the result and frees its data."""
+
+    def __init__(
+        self, app: TilechordCelery, keys: JobKeys, tiles: int, fmt: str | None, timeout: float
+    ) -> None:
+        self._app = app
+        self.keys = keys
+        self.tiles = tiles
+        self.format = fmt
+        self.timeout = timeout
+        self._result: bytes | None = None
+        self._error: TilechordError | None = None
+
+    def __repr__(self) -> str:
+        return f"<tilechord.Job {self.id} {self.status}>"
+
+    @property
+    def id(self) -> str:
+        return self.keys.job_id
+
+    @property
+    def status(self) -> str:
+        """Celery's state of the job: PENDING, STARTED, SUCCESS, FAILURE ..."""
+        if self._result is not None:
+            return "SUCCESS"
+        if self._error is not None:
+            return "FAILURE"
+        split = self._async_result()
+        state = str(split.state)
+        if state != "SUCCESS" or (isinstance(split.result, dict) and "bytes" in split.result):
+            return state  # not past the split yet, or a one-tile job the split finished
+        merge = str(AsyncResult(self.keys.task_id("merge"), app=self._app).state)
+        return "STARTED" if merge == "PENDING" else merge  # the tiles are being edited
+
+    def _async_result(self) -> AsyncResult:
+        """The Celery task that started the job: its split (task id = job id)."""
+        return AsyncResult(self.id, app=self._app)
+
+    def progress(self) -> tuple[int, int]:
+        """``(tiles edited, tiles in all)``."""
+        if self._result is not None:
+            return (self.tiles, self.tiles)
+        return (min(self.tiles, self._app.store.tiles_done(self.keys)), self.tiles)
+
+    def get(self, timeout: float | None = None, *, on_progress: ProgressCallback | None = None) -> bytes:
+        """Wait for the result (``timeout`` seconds, default the job's), then clean up.
+
+        ``on_progress(tiles_done, tiles_total)`` is called (in this thread) whenever the
+        count of edited tiles changes, and once more at the end.  Raises the job's typed
+        error (:class:`InvalidImage`, :class:`JobFailed` ...), or :class:`JobTimeout`; the
+        job's data is deleted from Redis in every case.
+        """
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        store = self._app.store
+        seen = -1
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self.timeout_error(limit)
+                message = store.wait(self.keys, min(POLL, remaining))
+                if message is None:
+                    message = self.poll_failure()
+                if on_progress is not None:
+                    done = self.tiles if message is not None and message.get("ok") else self.progress()[0]
+                    if done != seen:
+                        seen = done
+                        on_progress(done, self.tiles)
+                if message is not None:
+                    break
+        except TilechordError as exc:
+            self._error = exc
+            self._cleanup()
+            raise
+        except BaseException:
+            self._cleanup()
+            raise
+        try:
+            # The result and the cleanup in two round trips (a small job's budget is tight).
+            (data,) = self._app.store.collect([(self.keys, bool(message.get("ok")))])
+        except TilechordError as exc:
+            self._error = exc
+            raise
+        return self.settle(message, data)
+
+    def settle(self, message: dict[str, Any], data: bytes | None = None) -> bytes:
+        """Turn the job's end message into its result (*data*, if read already), or its error.
+
+        Also what :meth:`Client.map` calls for the jobs it waits on together.
+        """
+        try:
+            if not message.get("ok"):
+                raise error_from_name(message.get("error", "JobFailed"), message.get("message", ""))
+            if data is None:
+                data = self._app.store.get(self.keys, self.keys.result)
+            self._result = data
+            return data
+        except TilechordError as exc:
+            self._error = exc
+            raise
+
+    def poll_failure(self) -> dict[str, Any] | None:
+        """Celery's own record, for failures the tasks could not report themselves."""
+        failed = self._celery_failure()
+        return None if failed is None else self._failure_message(failed)
+
+    def _celery_failure(self) -> AsyncResult | None:
+        """The job's task that failed without telling the client (killed too often ...).
+
+        The split's record is the job id's; once it succeeded, the merge's is
+        ``<job>-merge``.
+        """
+        first = self._async_result()
+        state = first.state
+        if state == "FAILURE":
+            return first
+        if state == "SUCCESS":
+            merge = AsyncResult(self.keys.task_id("merge"), app=self._app)
+            return merge if merge.state == "FAILURE" else None
+        return None
+
+    def _failure_message(self, failed: AsyncResult) -> dict[str, Any]:
+        message = self._app.store.wait(self.keys, 0.01)  # the task's own report wins
+        if message is not None:
+            return message
+        return {"ok": False, "error": "JobFailed", "message": f"job {self.id} failed: {failed.result!r}"}
+
+    def timeout_error(self, limit: float) -> JobTimeout:
+        """The :class:`JobTimeout` to raise after *limit* seconds, saying what was seen."""
+        state = self._async_result().state
+        hint = ""
+        if state == "PENDING":
+            hint = (
+                "; no worker has started it: is one running against "
+                f"{redact_url(self._app.tilechord_settings.redis_url)}? (celery -A tilechord worker)"
+            )
+        done, total = self.progress()
+        return JobTimeout(
+            f"job {self.id} did not finish within {limit:g} s ({done}/{total} tiles edited){hint}"
+        )
+
+    def _cleanup(self) -> None:
+        with contextlib.suppress(BrokerUnavailable):  # keys carry a TTL; they expire anyway
+            self._app.store.cleanup(self.keys)
+
+    def cancel(self) -> None:
+        """Stop waiting, revoke the job and delete its data."""
+        self._async_result().revoke()
+        self._error = JobTimeout(f"job {self.id} was cancelled")
+        self._cleanup()
+
+    def fail(self, error: TilechordError) -> None:
+        """Record *error* as the job's end (it was found by whoever waited: a timeout ...)."""
+        self._error = error

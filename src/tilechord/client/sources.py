@@ -1,0 +1,48 @@
+"""Sources: what a job reads its image from, read once, within the byte limit.
+
+A path, bytes or a binary file object; anything else, a missing file or one over
+``TILECHORD_MAX_BYTES`` is refused here, before Redis sees a byte.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, TypeAlias
+
+from ..errors import ImageTooLarge, InvalidImage
+
+__all__ = ["Source", "read_source"]
+
+Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
+
+
+def read_source(source: Source, max_bytes: int) -> bytes:
+    """The source's bytes, or a typed error saying why it cannot be read."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise ImageTooLarge(
+                    f"{path} is {size:,} bytes, over the limit of {max_bytes:,} (TILECHORD_MAX_BYTES)"
+                )
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidImage(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise InvalidImage(f"{path} is a directory, not an image file") from None
+        except PermissionError:
+            raise InvalidImage(f"cannot read {path}: permission denied") from None
+    elif hasattr(source, "read"):
+        data = source.read(max_bytes + 1)
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidImage("the file object must be opened in binary mode ('rb')")
+        data = bytes(data)
+    else:
+        raise InvalidImage(f"a source is a path, bytes or a binary file object, not {type(source).__name__}")
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"the input is over the limit of {max_bytes:,} bytes (TILECHORD_MAX_BYTES)")
+    return data
