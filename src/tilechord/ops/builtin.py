@@ -1,32 +1,32 @@
 """The built-in operations: one Pillow call each, registered with :func:`operation`.
 
-Every function makes exactly the Pillow call of ``ops-reference.md``, so the whole-image
-result is Pillow's own, with two deliberate refusals and one documented choice, all for
-the sake of tiling: ``convert`` never dithers (to 1 and P) and refuses RGBA to P/PA
-(a whole-image quantization); kernels and rank filters refuse PA as Pillow refuses P.
+Every function makes exactly the Pillow call it names (``pillow=``, listed with the rest
+in ``docs/operations.md``), so the whole-image result is Pillow's own, with two
+deliberate refusals and one documented choice, all for the sake of tiling: ``convert``
+never dithers (to 1 and P) and refuses RGBA to P/PA (a whole-image quantization);
+kernels and rank filters refuse PA as Pillow refuses P.
 
 What makes the tiled result equal to the whole-image one is each neighbourhood
-operation's *reach*: how many pixels away Pillow's C code can look for one output pixel,
-derived below from that code (``libImaging/BoxBlur.c``, ``Filter.c``, ``RankFilter.c``)
-and checked against measurements in ``tests/test_filters.py``.  Pillow replicates the
-image's edge pixels (blurs, rank filters) or leaves the outer reach-wide border unfiltered
-(3x3 and 5x5 kernels, which return images smaller than themselves unchanged).  A tile cut
-with a halo at least the reach wide sees every input pixel its core needs, and at the
-image's own edges it has the same edge as the whole image, so its core comes out equal.
+operation's *reach*, derived from Pillow's C code in :mod:`.reach`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from ..errors import InvalidParameter
-from .operations import Box, Kind, operation
+from .reach import (
+    box_blur_reach,
+    box_pass_reach,
+    gaussian_blur_reach,
+    gaussian_box_radius,
+    kernel_reach,
+    rank_reach,
+)
+from .registry import Box, Kind, Size, operation
 
 __all__ = [
     "CONVERT_MODES",
@@ -36,117 +36,19 @@ __all__ = [
     "gaussian_box_radius",
 ]
 
-Size = tuple[int, int]
-
 #: Blur radii (Pillow's float radius, in pixels) that an operation accepts.
 MAX_RADIUS = 200
 #: Odd window sizes of the rank filters (median, min, max).
 RANK_SIZES = tuple(range(1, 16, 2))
 #: Enhancement factors: 0 degenerates fully, 1 is the identity, above 1 extrapolates.
 MAX_FACTOR = 100
+#: What the kernels and rank filters refuse, though Pillow itself only refuses P.
+PALETTE = "palette images: P (as Pillow does) and PA (Pillow would filter its palette indices)"
 #: Every mode Pillow 13 can convert an image to (``Image.convert``).
 CONVERT_MODES = (
     "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
     "LAB", "HSV", "I", "F", "I;16", "I;16L", "I;16B", "I;16N",
 )  # fmt: skip
-#: Pillow's box blur computes in 24-bit fixed point: weights are fractions of 2**24.
-_ONE = 1 << 24
-#: How close (in pixels) a box radius may come to an integer before we allow for the
-#: float rounding of Pillow's C code landing on either side of it.
-_NEAR_INTEGER = 1e-3
-
-
-# ---------------------------------------------------------------------------- reach
-
-
-def _f32(value: float) -> float:
-    """*value* rounded to a C ``float``, as Pillow's C code stores it."""
-    result: float = struct.unpack("f", struct.pack("f", value))[0]
-    return result
-
-
-def gaussian_box_radius(radius: float, passes: int = 3) -> float:
-    """The box radius Pillow uses for each of *passes* box blurs approximating a Gaussian.
-
-    A float32 transcription of ``_gaussian_blur_radius`` in ``libImaging/BoxBlur.c``
-    (after Gwosdek et al., "Theoretical foundations of Gaussian convolution by extended
-    box filtering"); each operation is rounded to float as the C code rounds it.
-    """
-    f = _f32
-    r = f(radius)
-    sigma2 = f(f(r * r) / passes)
-    big_l = f(math.sqrt(12.0 * sigma2 + 1.0))
-    small_l = f(math.floor((big_l - 1.0) / 2.0))
-    a = f(f(f(2 * small_l) + 1) * f(f(small_l * f(small_l + 1)) - f(3 * sigma2)))
-    a = f(a / f(6 * f(sigma2 - f(f(small_l + 1) * f(small_l + 1)))))
-    return f(small_l + a)
-
-
-@functools.lru_cache(maxsize=4096)
-def box_pass_reach(radius: float) -> int:
-    """How far one pass of Pillow's box blur of (float32) *radius* can see, in pixels.
-
-    ``ImagingHorizontalBoxBlur`` sums the ``int(radius)`` pixels on each side with the
-    weight ``ww = (UINT32)(2**24 / (radius*2 + 1))`` and adds the next pixel on each side
-    with the weight ``fw = (2**24 - (2*int(radius)+1)*ww) / 2``; the output is
-    ``(sum + 2**23) >> 24``.  A fractional radius makes ``fw`` large, so that far pixel
-    shows in the output; ``fw`` is zero for radius 0-4 and a few units for most other
-    integral radii, where it can tip a rounding only for large radii (from 104 on).
-    Rather than guess, check every window sum: the far pixel is within reach exactly
-    when changing it (by up to 255) can carry some sum's rounding over a multiple of 2**24.
-    """
-    if radius <= 0:
-        return 0
-    whole = int(radius)
-    span = 2 * whole + 1
-    ww = int(_f32(_ONE / _f32(2 * radius + 1)))
-    fw = _ONE - span * ww
-    if fw < 0:  # unsigned wrap-around in C: a huge weight, certainly visible
-        return whole + 1
-    fw //= 2
-    if fw == 0:
-        return whole
-    lowest_tipping = _ONE - 2 * 255 * fw  # (window sum * ww + 2**23) mod 2**24 from here on
-    half = _ONE >> 1
-    for total in range(255 * span + 1):
-        if (total * ww + half) % _ONE >= lowest_tipping:
-            return whole + 1
-    return whole
-
-
-def _computed_pass_reach(radius: float) -> int:
-    """:func:`box_pass_reach` of a radius that we computed the way Pillow's C code does.
-
-    Within ``_NEAR_INTEGER`` of an integer n, a compiler that fuses or reorders float
-    operations could land on either side of n, so allow for the larger reach: n + 1.
-    """
-    reach = box_pass_reach(radius)
-    nearest = round(radius)
-    if nearest > 0 and abs(radius - nearest) < _NEAR_INTEGER:
-        reach = max(reach, nearest + 1)
-    return reach
-
-
-def box_blur_reach(params: Mapping[str, Any]) -> int:
-    """Reach of ``ImageFilter.BoxBlur(radius)``: one box pass in each direction."""
-    return box_pass_reach(_f32(params["radius"]))
-
-
-def gaussian_blur_reach(params: Mapping[str, Any]) -> int:
-    """Reach of ``ImageFilter.GaussianBlur(radius)`` (and of ``UnsharpMask``'s blur).
-
-    Pillow runs three box passes of :func:`gaussian_box_radius` in each direction, each
-    pass re-reading the previous one's output, so the reaches add up: three times one
-    pass's reach.  Radius 0 is a copy.
-    """
-    if params["radius"] == 0:
-        return 0
-    return 3 * _computed_pass_reach(gaussian_box_radius(params["radius"]))
-
-
-def _rank_reach(params: Mapping[str, Any]) -> int:
-    """A size x size window centred on the pixel (Pillow replicates the edges)."""
-    return int(params["size"]) // 2
 
 
 # ------------------------------------------------------------------------ geometry
@@ -197,43 +99,61 @@ _TRANSPOSE = {
 # --------------------------------------------------------------------------- pixel
 
 
-@operation("grayscale", kind=Kind.PIXEL)
+@operation("grayscale", kind=Kind.PIXEL, pillow="ImageOps.grayscale(im)")
 def grayscale(image: Image.Image) -> Image.Image:
     """Drop the colour: convert to 8-bit grey (mode L) with the ITU-R 601-2 luma weights."""
     return ImageOps.grayscale(image)
 
 
-@operation("invert", kind=Kind.PIXEL)
+@operation("invert", kind=Kind.PIXEL, pillow="ImageOps.invert(im)")
 def invert(image: Image.Image) -> Image.Image:
     """Make a negative: every channel value v becomes 255 - v."""
     return ImageOps.invert(image)
 
 
-@operation("posterize", kind=Kind.PIXEL, bounds={"bits": (1, 8)})
+@operation("posterize", kind=Kind.PIXEL, pillow="ImageOps.posterize(im, bits)", bounds={"bits": (1, 8)})
 def posterize(image: Image.Image, bits: int = 4) -> Image.Image:
     """Flatten colours into bands: keep only the highest bits of each channel (1 to 8 of them)."""
     return ImageOps.posterize(image, bits)
 
 
-@operation("solarize", kind=Kind.PIXEL, bounds={"threshold": (0, 255)})
+@operation(
+    "solarize", kind=Kind.PIXEL, pillow="ImageOps.solarize(im, threshold)", bounds={"threshold": (0, 255)}
+)
 def solarize(image: Image.Image, threshold: int = 128) -> Image.Image:
     """Give a darkroom solarisation look: invert every channel value at or above the threshold."""
     return ImageOps.solarize(image, threshold)
 
 
-@operation("brightness", kind=Kind.PIXEL, bounds={"factor": (0, MAX_FACTOR)})
+@operation(
+    "brightness",
+    kind=Kind.PIXEL,
+    pillow="ImageEnhance.Brightness(im).enhance(factor)",
+    bounds={"factor": (0, MAX_FACTOR)},
+)
 def brightness(image: Image.Image, factor: float = 1.0) -> Image.Image:
     """Darken or brighten: 0 gives black, 1 the original, 2 twice as bright."""
     return ImageEnhance.Brightness(image).enhance(factor)
 
 
-@operation("color", kind=Kind.PIXEL, bounds={"factor": (0, MAX_FACTOR)})
+@operation(
+    "color",
+    kind=Kind.PIXEL,
+    pillow="ImageEnhance.Color(im).enhance(factor)",
+    bounds={"factor": (0, MAX_FACTOR)},
+)
 def color(image: Image.Image, factor: float = 1.0) -> Image.Image:
     """Fade or boost saturation: 0 gives greys, 1 the original, above 1 stronger colours."""
     return ImageEnhance.Color(image).enhance(factor)
 
 
-@operation("convert", kind=Kind.PIXEL, choices={"mode": CONVERT_MODES})
+@operation(
+    "convert",
+    kind=Kind.PIXEL,
+    pillow="im.convert(mode, dither=Image.Dither.NONE)",
+    refuses="RGBA to P or PA: Pillow quantizes the whole image for it",
+    choices={"mode": CONVERT_MODES},
+)
 def convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
     """Change the pixel format, e.g. to RGB so that filters accept palette (P) images.
 
@@ -250,13 +170,23 @@ def convert(image: Image.Image, mode: str = "RGB") -> Image.Image:
 # ------------------------------------------------------------------- neighbourhood
 
 
-@operation("gaussian_blur", reach=gaussian_blur_reach, bounds={"radius": (0, MAX_RADIUS)})
+@operation(
+    "gaussian_blur",
+    reach=gaussian_blur_reach,
+    pillow="im.filter(ImageFilter.GaussianBlur(radius))",
+    bounds={"radius": (0, MAX_RADIUS)},
+)
 def gaussian_blur(image: Image.Image, radius: float = 2) -> Image.Image:
     """Soften the image with a Gaussian blur whose standard deviation is radius pixels."""
     return image.filter(ImageFilter.GaussianBlur(radius))
 
 
-@operation("box_blur", reach=box_blur_reach, bounds={"radius": (0, MAX_RADIUS)})
+@operation(
+    "box_blur",
+    reach=box_blur_reach,
+    pillow="im.filter(ImageFilter.BoxBlur(radius))",
+    bounds={"radius": (0, MAX_RADIUS)},
+)
 def box_blur(image: Image.Image, radius: float = 2) -> Image.Image:
     """Blur evenly: average each pixel with its neighbours up to radius pixels away (fractions too)."""
     return image.filter(ImageFilter.BoxBlur(radius))
@@ -265,6 +195,7 @@ def box_blur(image: Image.Image, radius: float = 2) -> Image.Image:
 @operation(
     "unsharp_mask",
     reach=gaussian_blur_reach,
+    pillow="im.filter(ImageFilter.UnsharpMask(radius, percent, threshold))",
     bounds={"radius": (0, MAX_RADIUS), "percent": (0, 1000), "threshold": (0, 255)},
 )
 def unsharp_mask(
@@ -290,7 +221,13 @@ def _check_odd(op: str, size: int) -> None:
         raise InvalidParameter(f"{op}:size must be odd (a window centred on the pixel), not {size}")
 
 
-@operation("median", reach=_rank_reach, choices={"size": RANK_SIZES})
+@operation(
+    "median",
+    reach=rank_reach,
+    pillow="im.filter(ImageFilter.MedianFilter(size))",
+    refuses=PALETTE,
+    choices={"size": RANK_SIZES},
+)
 def median(image: Image.Image, size: int = 3) -> Image.Image:
     """Remove speckle noise: each pixel becomes the median of its size x size neighbourhood."""
     _check_odd("median", size)
@@ -298,7 +235,13 @@ def median(image: Image.Image, size: int = 3) -> Image.Image:
     return image.filter(ImageFilter.MedianFilter(size))
 
 
-@operation("min", reach=_rank_reach, choices={"size": RANK_SIZES})
+@operation(
+    "min",
+    reach=rank_reach,
+    pillow="im.filter(ImageFilter.MinFilter(size))",
+    refuses=PALETTE,
+    choices={"size": RANK_SIZES},
+)
 def min_filter(image: Image.Image, size: int = 3) -> Image.Image:
     """Grow dark areas (erode): each pixel becomes the darkest of its size x size neighbourhood."""
     _check_odd("min", size)
@@ -306,7 +249,13 @@ def min_filter(image: Image.Image, size: int = 3) -> Image.Image:
     return image.filter(ImageFilter.MinFilter(size))
 
 
-@operation("max", reach=_rank_reach, choices={"size": RANK_SIZES})
+@operation(
+    "max",
+    reach=rank_reach,
+    pillow="im.filter(ImageFilter.MaxFilter(size))",
+    refuses=PALETTE,
+    choices={"size": RANK_SIZES},
+)
 def max_filter(image: Image.Image, size: int = 3) -> Image.Image:
     """Grow light areas (dilate): each pixel becomes the lightest of its size x size neighbourhood."""
     _check_odd("max", size)
@@ -314,7 +263,12 @@ def max_filter(image: Image.Image, size: int = 3) -> Image.Image:
     return image.filter(ImageFilter.MaxFilter(size))
 
 
-@operation("sharpness", reach=1, bounds={"factor": (0, MAX_FACTOR)})
+@operation(
+    "sharpness",
+    reach=1,
+    pillow="ImageEnhance.Sharpness(im).enhance(factor)",
+    bounds={"factor": (0, MAX_FACTOR)},
+)
 def sharpness(image: Image.Image, factor: float = 1.0) -> Image.Image:
     """Blur or sharpen edges: 0 gives a smoothed image, 1 the original, 2 a sharpened one."""
     return ImageEnhance.Sharpness(image).enhance(factor)
@@ -332,7 +286,8 @@ def _kernel_operation(
 
     apply.__name__ = apply.__qualname__ = name
     apply.__doc__ = doc
-    return operation(name, reach=size // 2)(apply)
+    pillow = f"im.filter(ImageFilter.{kernel.__name__})"
+    return operation(name, reach=kernel_reach(size), pillow=pillow, refuses=PALETTE)(apply)
 
 
 sharpen = _kernel_operation(
@@ -373,13 +328,15 @@ contour = _kernel_operation(
 # ------------------------------------------------------------------------ geometry
 
 
-@operation("mirror", kind=Kind.GEOMETRY, map_box=_mirror_box, map_size=_same_size)
+@operation(
+    "mirror", kind=Kind.GEOMETRY, pillow="ImageOps.mirror(im)", map_box=_mirror_box, map_size=_same_size
+)
 def mirror(image: Image.Image) -> Image.Image:
     """Flip left to right, as seen in a mirror."""
     return ImageOps.mirror(image)
 
 
-@operation("flip", kind=Kind.GEOMETRY, map_box=_flip_box, map_size=_same_size)
+@operation("flip", kind=Kind.GEOMETRY, pillow="ImageOps.flip(im)", map_box=_flip_box, map_size=_same_size)
 def flip(image: Image.Image) -> Image.Image:
     """Flip top to bottom, upside down."""
     return ImageOps.flip(image)
@@ -388,6 +345,7 @@ def flip(image: Image.Image) -> Image.Image:
 @operation(
     "rotate",
     kind=Kind.GEOMETRY,
+    pillow='im.transpose(Image.Transpose[f"ROTATE_{angle}"])',
     choices={"angle": tuple(_TRANSPOSE)},
     map_box=_rotate_box,
     map_size=_rotate_size,

@@ -6,6 +6,7 @@ follows from the whole image's histogram, and a histogram is additive: the tiles
 histograms (of their cores, which partition the image) add up to the image's.  So a job
 runs a global step in two moves (see :mod:`tilechord.worker.tasks`): each tile *measures* its
 histogram, the job adds them up, and each tile then *applies* the step with the sum.
+Their Pillow calls are listed with the others' in ``docs/operations.md``.
 
 Applying is done by Pillow's own code wherever it can be: ``ImageOps`` builds its
 lookup table from ``image.histogram()``, so handing it a tile whose ``histogram()``
@@ -21,7 +22,7 @@ from typing import Any
 
 from PIL import Image, ImageEnhance, ImageOps, ImageStat
 
-from .operations import Histogram, Kind, operation
+from .registry import Histogram, Kind, operation
 
 __all__ = ["contrast", "autocontrast", "equalize"]
 
@@ -63,6 +64,7 @@ def _contrast_with(image: Image.Image, histogram: Histogram, params: Mapping[str
 @operation(
     "contrast",
     kind=Kind.GLOBAL,
+    pillow="ImageEnhance.Contrast(im).enhance(factor)",
     bounds={"factor": (0, MAX_FACTOR)},
     measure=_grey_histogram,
     apply_measured=_contrast_with,
@@ -86,6 +88,7 @@ def _autocontrast_with(image: Image.Image, histogram: Histogram, params: Mapping
 @operation(
     "autocontrast",
     kind=Kind.GLOBAL,
+    pillow="ImageOps.autocontrast(im, cutoff)",
     bounds={"cutoff": (0, 49)},
     measure=_histogram,
     apply_measured=_autocontrast_with,
@@ -113,6 +116,7 @@ def _equalize_with(image: Image.Image, histogram: Histogram, _params: Mapping[st
 @operation(
     "equalize",
     kind=Kind.GLOBAL,
+    pillow="ImageOps.equalize(im)",
     measure=_equalize_histogram,
     apply_measured=_equalize_with,
 )

@@ -3,58 +3,60 @@
 An operation is a function ``(image, **params) -> image`` registered under a name with
 :func:`operation`.  Its parameters are read from the function's signature (type hints and
 defaults) and may be given bounds; its *reach* (how far, in pixels, an output pixel can
-see) is a number or a function of the parameters.  A pipeline's halo is the sum of its
-steps' reaches: a tile cut that much wider than its share comes out of the pipeline with
-a correct core, which is what makes tiled results equal whole-image results.
-
-Specs are ``name`` or ``name:key=value,key=value``, or a ``(name, {params})`` pair.
+see) is a number or a function of the parameters.  Each built-in one also names the
+exact Pillow call it equals on the whole image; ``docs/operations.md`` lists them all.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
-import functools
 import inspect
 import math
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
 from PIL import Image
 
-from ..errors import InvalidParameter, TilechordError, UnknownOperation, UnsupportedMode
+from ..errors import InvalidParameter, TilechordError, UnknownOperation
 
 __all__ = [
     "Kind",
     "Param",
     "Operation",
     "Step",
-    "Pipeline",
+    "Registry",
     "Box",
+    "Histogram",
     "operation",
     "registry",
-    "parse_pipeline",
-    "OpSpec",
-    "Histogram",
-    "add_histograms",
 ]
 
 Box: TypeAlias = tuple[int, int, int, int]
 Size: TypeAlias = tuple[int, int]
-OpSpec: TypeAlias = "str | tuple[str, Mapping[str, Any]] | Step"
 ParamValue: TypeAlias = "int | float | bool | str"
+OpFunc: TypeAlias = Callable[..., Image.Image]
+ReachFn: TypeAlias = Callable[[Mapping[str, Any]], int]
+BoxFn: TypeAlias = Callable[[Box, Size, Mapping[str, Any]], Box]
+SizeFn: TypeAlias = Callable[[Size, Mapping[str, Any]], Size]
+Histogram: TypeAlias = list[int]
+MeasureFn: TypeAlias = Callable[[Image.Image, Mapping[str, Any]], Histogram]
+ApplyFn: TypeAlias = Callable[[Image.Image, Histogram, Mapping[str, Any]], Image.Image]
 
 
 class Kind(enum.StrEnum):
-    """How an operation's output pixels depend on its input (see ops-reference)."""
+    """How an operation's output pixels depend on its input (see docs/operations.md)."""
 
     PIXEL = "pixel"  # each output pixel from the same input pixel
     NEIGHBOURHOOD = "neighbourhood"  # from input pixels within the reach
     GEOMETRY = "geometry"  # moves pixels: each tile is transformed and put where it belongs
     GLOBAL = "global"  # needs a statistic of the whole image
+
+
+# ----------------------------------------------------------------------- parameters
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,11 @@ class Param:
         elif self.choices is not None:
             text += " in {" + ", ".join(str(c) for c in self.choices) + "}"
         elif self.minimum is not None or self.maximum is not None:
-            lo = "" if self.minimum is None else _fmt(self.minimum)
-            hi = "" if self.maximum is None else _fmt(self.maximum)
+            lo = "" if self.minimum is None else format_value(self.minimum)
+            hi = "" if self.maximum is None else format_value(self.maximum)
             text += f" [{lo}..{hi}]"
         if not self.required:
-            text += f" = {_fmt(self.default)}"
+            text += f" = {format_value(self.default)}"
         return text
 
     def coerce(self, op: str, value: Any) -> ParamValue:
@@ -103,14 +105,17 @@ class Param:
                 raise InvalidParameter(f"{where} must be a finite number, not {value!r}")
             if self.minimum is not None and converted < self.minimum:
                 raise InvalidParameter(
-                    f"{where} must be at least {_fmt(self.minimum)}, not {_fmt(converted)}"
+                    f"{where} must be at least {format_value(self.minimum)}, not {format_value(converted)}"
                 )
             if self.maximum is not None and converted > self.maximum:
-                raise InvalidParameter(f"{where} must be at most {_fmt(self.maximum)}, not {_fmt(converted)}")
+                raise InvalidParameter(
+                    f"{where} must be at most {format_value(self.maximum)}, not {format_value(converted)}"
+                )
         return converted
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A parameter value as a spec writes it: ``2`` for the float 2.0."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e15 else str(value)
     return str(value)
@@ -158,25 +163,7 @@ def _convert(tp: type, value: Any) -> ParamValue:
     raise TypeError(f"unsupported parameter type {tp!r}")
 
 
-ReachFn: TypeAlias = Callable[[Mapping[str, Any]], int]
-BoxFn: TypeAlias = Callable[[Box, Size, Mapping[str, Any]], Box]
-SizeFn: TypeAlias = Callable[[Size, Mapping[str, Any]], Size]
-Histogram: TypeAlias = list[int]
-MeasureFn: TypeAlias = Callable[[Image.Image, Mapping[str, Any]], Histogram]
-ApplyFn: TypeAlias = Callable[[Image.Image, Histogram, Mapping[str, Any]], Image.Image]
-
-
-def add_histograms(parts: Iterable[Sequence[int]]) -> Histogram:
-    """The whole image's histogram from its tiles' (they partition the image)."""
-    total: Histogram = []
-    for part in parts:
-        if not total:
-            total = list(part)
-        elif len(part) != len(total):
-            raise TilechordError(f"histograms of different lengths ({len(part)} and {len(total)})")
-        else:
-            total = [a + b for a, b in zip(total, part, strict=True)]
-    return total
+# ----------------------------------------------------------------------- operations
 
 
 @dataclass(frozen=True)
@@ -184,11 +171,16 @@ class Operation:
     """A registered operation.  Use :func:`operation` to make one."""
 
     name: str
-    func: Callable[..., Image.Image]
+    func: OpFunc
     params: tuple[Param, ...]
     kind: Kind
     reach: ReachFn
     doc: str = ""
+    # The exact Pillow call it equals on the whole image ``im``, e.g.
+    # ``im.filter(ImageFilter.GaussianBlur(radius))``; custom operations may leave it empty.
+    pillow: str = ""
+    # What tilechord refuses (or does differently) where that Pillow call would not.
+    refuses: str = ""
     # Geometry operations say where a box of the image goes, and what size the image becomes.
     map_box: BoxFn | None = None
     map_size: SizeFn | None = None
@@ -196,6 +188,13 @@ class Operation:
     # and apply themselves to a tile with the whole image's histogram.
     measure: MeasureFn | None = None
     apply_measured: ApplyFn | None = None
+
+    def __post_init__(self) -> None:
+        # A tile of these kinds cannot be run without them, so refuse at registration.
+        if self.kind is Kind.GEOMETRY and (self.map_box is None or self.map_size is None):
+            raise TypeError(f"geometry operation {self.name!r} needs map_box and map_size")
+        if self.kind is Kind.GLOBAL and (self.measure is None or self.apply_measured is None):
+            raise TypeError(f"global operation {self.name!r} needs measure and apply_measured")
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -249,7 +248,7 @@ class Step:
     def spec(self) -> str:
         """The canonical spec string: parameters that differ from their defaults."""
         changed = [
-            f"{p.name}={_fmt(self.params[p.name])}"
+            f"{p.name}={format_value(self.params[p.name])}"
             for p in self.op.params
             if p.required or self.params[p.name] != p.default
         ]
@@ -316,6 +315,9 @@ class Registry:
 registry = Registry()
 
 
+# ----------------------------------------------------------------------- decorator
+
+
 def _params_from_signature(
     func: Callable[..., Any],
     bounds: Mapping[str, tuple[float | None, float | None]],
@@ -346,11 +348,28 @@ def _params_from_signature(
     return tuple(params)
 
 
+@dataclass(frozen=True)
+class _FixedReach:
+    """A reach that does not depend on the parameters (and says so in its repr)."""
+
+    pixels: int
+
+    def __call__(self, _params: Mapping[str, Any]) -> int:
+        return self.pixels
+
+
+def _summary(func: Callable[..., Any]) -> str:
+    """The docstring's first paragraph on one line: what ``tilechord ops`` shows."""
+    return (inspect.getdoc(func) or "").split("\n\n")[0].replace("\n", " ")
+
+
 def operation(
     name: str,
     *,
     kind: Kind | str = Kind.NEIGHBOURHOOD,
     reach: int | ReachFn = 0,
+    pillow: str = "",
+    refuses: str = "",
     bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
     choices: Mapping[str, Sequence[Any]] | None = None,
     map_box: BoxFn | None = None,
@@ -358,12 +377,14 @@ def operation(
     measure: MeasureFn | None = None,
     apply_measured: ApplyFn | None = None,
     target: Registry | None = None,
-) -> Callable[[Callable[..., Image.Image]], Callable[..., Image.Image]]:
+) -> Callable[[OpFunc], OpFunc]:
     """Register ``func(image, **params) -> image`` as the operation *name*.
 
     *reach* is how many pixels away an output pixel may look, as a number or a function
     of the parameters; it must never be too small, or tiled results show seams.  The
     function itself is returned unchanged, so it stays callable on a whole image.
+    *pillow* is the Pillow call it equals on the whole image ``im`` (for the documentation),
+    and *refuses* what tilechord refuses where that call would not.
 
     A geometry operation also gives *map_box* and *map_size*; a global one gives
     *measure* (a tile's histogram: the tiles' histograms add up to the image's) and
@@ -376,29 +397,18 @@ def operation(
             return image.filter(ImageFilter.ModeFilter(size))
     """
     kind = Kind(kind)
-    reach_fn: ReachFn
-    if isinstance(reach, int):
-        fixed = int(reach)
+    reach_fn: ReachFn = reach if callable(reach) else _FixedReach(int(reach))
 
-        def reach_fn(_params: Mapping[str, Any]) -> int:
-            return fixed
-    else:
-        reach_fn = reach
-    if kind is Kind.GEOMETRY and (map_box is None or map_size is None):
-        raise TypeError(f"geometry operation {name!r} needs map_box and map_size")
-    if kind is Kind.GLOBAL and (measure is None or apply_measured is None):
-        raise TypeError(f"global operation {name!r} needs measure and apply_measured")
-
-    def decorate(func: Callable[..., Image.Image]) -> Callable[..., Image.Image]:
-        params = _params_from_signature(func, bounds or {}, choices or {})
-        doc = inspect.getdoc(func) or ""
+    def decorate(func: OpFunc) -> OpFunc:
         op = Operation(
             name=name,
             func=func,
-            params=params,
+            params=_params_from_signature(func, bounds or {}, choices or {}),
             kind=kind,
             reach=reach_fn,
-            doc=doc.split("\n\n")[0].replace("\n", " "),
+            doc=_summary(func),
+            pillow=pillow,
+            refuses=refuses,
             map_box=map_box,
             map_size=map_size,
             measure=measure,
@@ -408,191 +418,3 @@ def operation(
         return func
 
     return decorate
-
-
-# --------------------------------------------------------------------------- specs
-
-
-def _parse_spec(text: str) -> tuple[str, dict[str, str]]:
-    text = text.strip()
-    name, sep, rest = text.partition(":")
-    name = name.strip()
-    if not name:
-        raise UnknownOperation(f"empty operation name in {text!r}")
-    values: dict[str, str] = {}
-    if sep and rest.strip():
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise InvalidParameter(
-                    f"{name}: cannot read {item.strip()!r} in {text!r}; write {name}:key=value"
-                )
-            key = key.strip()
-            if key in values:
-                raise InvalidParameter(f"{name}: parameter {key!r} given twice in {text!r}")
-            values[key] = value.strip()
-    return name, values
-
-
-def _step(spec: OpSpec, reg: Registry) -> Step:
-    if isinstance(spec, Step):
-        return spec
-    if isinstance(spec, str):
-        name, texts = _parse_spec(spec)
-        return reg.get(name).bind(texts)
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
-        name, given = spec
-        values: Any = {} if given is None else given
-        if not isinstance(values, Mapping):
-            raise InvalidParameter(f"{name}: parameters must be a mapping, not {values!r}")
-        return reg.get(name).bind(values)
-    raise InvalidParameter(
-        f"an operation is a spec string like 'gaussian_blur:radius=4' or a "
-        f"(name, {{params}}) pair, not {spec!r}"
-    )
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """Steps applied in order.  Empty is the identity."""
-
-    steps: tuple[Step, ...] = ()
-
-    @property
-    def halo(self) -> int:
-        """The margin a tile needs: the sum of the steps' reaches."""
-        return sum(step.reach for step in self.steps)
-
-    def __iter__(self) -> Iterator[Step]:
-        return iter(self.steps)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __str__(self) -> str:
-        return " | ".join(step.spec for step in self.steps) or "identity"
-
-    def to_json(self) -> list[list[Any]]:
-        return [step.to_json() for step in self.steps]
-
-    @classmethod
-    def from_json(cls, data: Iterable[Sequence[Any]], reg: Registry | None = None) -> Pipeline:
-        reg = registry if reg is None else reg
-        return cls(tuple(reg.get(name).bind(params) for name, params in data))
-
-    @property
-    def global_steps(self) -> tuple[int, ...]:
-        """Where the global steps are: each one is a stage (measure, reduce) of the job."""
-        return tuple(i for i, step in enumerate(self.steps) if step.kind is Kind.GLOBAL)
-
-    def output_size(self, size: Size) -> Size:
-        for step in self.steps:
-            size = step.map_size(size)
-        return size
-
-    def check_mode(self, mode: str) -> str:
-        """Dry-run the pipeline on a tiny image of *mode*; return the output mode.
-
-        Pillow knows best which modes each call accepts, so ask it, before any task is
-        enqueued, instead of keeping a table that could drift from Pillow's behaviour.
-        """
-        probe = _probe_image(mode)
-        for step in self.steps:
-            try:
-                out = step.apply(probe)
-            except TilechordError:
-                raise  # the operation's own, already precise, error
-            except (ValueError, OSError, TypeError, NotImplementedError) as exc:
-                raise UnsupportedMode(
-                    f"{step.spec} cannot work on mode {probe.mode} images ({exc}); "
-                    f"convert the image first, e.g. with the step 'convert:mode=RGB'"
-                ) from None
-            except Exception as exc:
-                raise TilechordError(
-                    f"{step.spec} failed on a small test image of mode {probe.mode}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            if not isinstance(out, Image.Image):
-                raise TilechordError(f"operation {step.name} returned {type(out).__name__}, not an image")
-            expected = step.map_size(probe.size)
-            if out.size != expected:
-                raise TilechordError(
-                    f"operation {step.name} changed the image size from {probe.size} to {out.size}; "
-                    "only geometry operations may do that"
-                )
-            probe = out
-        return probe.mode
-
-    def apply(self, image: Image.Image) -> Image.Image:
-        """Run the whole pipeline on one image, as a single process would."""
-        for step in self.steps:
-            image = step.apply(image)
-        return image
-
-    def run_tile(
-        self,
-        piece: Image.Image,
-        cut: Box,
-        core: Box,
-        size: Size,
-        histograms: Mapping[int, Histogram] | None = None,
-        upto: int | None = None,
-    ) -> tuple[Image.Image, Box]:
-        """Edit one tile: *piece* is the image's *cut* box (core plus halo) of an image of *size*.
-
-        Returns the edited core and the box it occupies in the output image.  Geometry
-        steps move the tile, so both boxes are carried through them; every other step
-        keeps the size and spoils at most its reach of the halo, which the final crop drops.
-        Global steps use the whole image's histogram from *histograms* (by step index).
-        With *upto*, only the steps before that index run (to measure a global step's input).
-        """
-        for number, step in enumerate(self.steps[:upto]):
-            if step.kind is Kind.GLOBAL:
-                if histograms is None or number not in histograms:
-                    raise TilechordError(f"step {number + 1} ({step.spec}) needs the image's histogram")
-                out = step.apply_measured(piece, histograms[number])
-            else:
-                out = step.apply(piece)
-            if step.kind is Kind.GEOMETRY:
-                cut, core = step.map_box(cut, size), step.map_box(core, size)
-                size = step.map_size(size)
-            expected = (cut[2] - cut[0], cut[3] - cut[1])
-            if out.size != expected:
-                raise TilechordError(
-                    f"operation {step.name} turned a {piece.size[0]}x{piece.size[1]} tile into "
-                    f"{out.size[0]}x{out.size[1]}; only geometry operations may change the size"
-                )
-            piece = out
-        left, top = core[0] - cut[0], core[1] - cut[1]
-        return piece.crop((left, top, left + core[2] - core[0], top + core[3] - core[1])), core
-
-
-@functools.cache
-def _probe_base() -> Image.Image:
-    """An 8x6 gradient, made once: Pillow's 256x256 gradient and its resize cost ~0.15 ms a job."""
-    return Image.linear_gradient("L").resize((8, 6))
-
-
-def _probe_image(mode: str) -> Image.Image:
-    """A small, non-uniform image of *mode* (with a palette for P and PA)."""
-    base = _probe_base()  # never handed out itself: convert and new make new images
-    if mode in ("P", "PA"):
-        return base.convert("RGB").convert(mode)
-    try:
-        return base.convert(mode)
-    except ValueError:
-        return Image.new(mode, (8, 6))
-
-
-def parse_pipeline(ops: Iterable[OpSpec] | OpSpec | Pipeline | None, reg: Registry | None = None) -> Pipeline:
-    """Turn user input (specs, pairs, or None for the identity) into a checked pipeline."""
-    if ops is None:
-        return Pipeline()
-    if isinstance(ops, Pipeline):
-        return ops
-    reg = registry if reg is None else reg
-    if isinstance(ops, (str, Step)) or (
-        isinstance(ops, tuple) and len(ops) == 2 and isinstance(ops[0], str) and isinstance(ops[1], Mapping)
-    ):
-        ops = [ops]  # a single spec
-    return Pipeline(tuple(_step(spec, reg) for spec in ops))
