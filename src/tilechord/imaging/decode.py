@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..errors import ImageTooLarge, InvalidImage
 from .raw import Data, is_raw, unpack_raw
@@ -101,28 +100,69 @@ def _check_frames(size: tuple[int, int], frames: int, max_pixels: int) -> None:
         )
 
 
-_PILLOW_LIMIT = threading.Lock()
-
-
 def _open_header(data: Data) -> Image.Image:
-    """``Image.open`` with our pixel limit in place of Pillow's.
+    """``Image.open``, with tilechord's pixel limit standing in for Pillow's.
 
-    Pillow warns above 89 MP and refuses above 179 MP, whatever TILECHORD_MAX_PIXELS says.
-    Its check runs on the header alone, before any pixel is decoded; so does ours
-    (:func:`_check_pixels`), with the configured limit and a message naming the setting.
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` (89 MP) and refuses above twice that,
+    whatever TILECHORD_MAX_PIXELS says.  That limit is a module global: lifting it for
+    one open would lift it for every thread of the user's program.  So a header Pillow
+    refuses is read again by :func:`_open_unchecked`, and :func:`_open` applies the
+    configured limit to it, still before any pixel is decoded.  The warning is silenced
+    because the configured limit, not Pillow's, decides.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             return Image.open(io.BytesIO(data))
         except Image.DecompressionBombError:
-            pass
-        with _PILLOW_LIMIT:  # read the header again with Pillow's own ceiling lifted
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                return Image.open(io.BytesIO(data))
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            return _open_unchecked(io.BytesIO(data))
+
+
+def _open_unchecked(fp: IO[bytes]) -> ImageFile.ImageFile:
+    """``Image.open`` without its size check: the same plugins, tried in the same order.
+
+    This relies on Pillow internals (as of Pillow 13): ``Image.OPEN`` maps a format to
+    its ``(factory, accept)``, ``Image.ID`` is the order ``Image.open`` tries them in,
+    and ``Image.open`` checks the size once, after a factory returns.  A plugin that
+    checks the size itself while opening (WebP does) still refuses; :func:`_open` says
+    so.  tests/unit/test_imaging_pillow.py fails if any of this changes.
+    """
+    prefix = fp.read(16)
+    tried: set[str] = set()
+    for load_plugins in (Image.preinit, Image.init):  # the common plugins, then all
+        load_plugins()
+        for fmt in [fmt for fmt in Image.ID if fmt not in tried]:
+            tried.add(fmt)
+            image = _try_plugin(fmt, fp, prefix)
+            if image is not None:
+                return image
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _try_plugin(fmt: str, fp: IO[bytes], prefix: bytes) -> ImageFile.ImageFile | None:
+    """One plugin's go at the file, as ``Image.open`` gives it: ``None`` if not its file."""
+    factory, accept = Image.OPEN[fmt]
+    accepted = not accept or accept(prefix)
+    if isinstance(accepted, str) or not accepted:  # a str says why it cannot (no codec)
+        return None
+    fp.seek(0)
+    try:
+        return factory(fp, "")
+    except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open skips
+        return None
+
+
+def _over_pillow_limit(what: str, exc: Image.DecompressionBombError) -> ImageTooLarge:
+    """The error for an image Pillow's own code refuses, past what tilechord can lift.
+
+    Some decoders check ``Image.MAX_IMAGE_PIXELS`` themselves while opening, loading or
+    seeking (WebP on open, TIFF on load, GIF and MPO frames on seek).  Only the program
+    may change that process-wide limit; tilechord will not do it behind its back.
+    """
+    return ImageTooLarge(
+        f"{what}: {exc} (this is Pillow's own limit, PIL.Image.MAX_IMAGE_PIXELS, which "
+        "its decoder applies itself; TILECHORD_MAX_PIXELS cannot lift it)"
+    )
 
 
 def _open(data: Data, max_pixels: int) -> Image.Image:
@@ -136,6 +176,8 @@ def _open(data: Data, max_pixels: int) -> Image.Image:
             "the input is not an image in a format Pillow can read "
             f"(starts with {bytes(data[:8])!r}, {len(data):,} bytes)"
         ) from None
+    except Image.DecompressionBombError as exc:
+        raise _over_pillow_limit("the image is too large for Pillow to open", exc) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"cannot read the image header: {exc}") from None
     _check_pixels(image.size, max_pixels)
@@ -160,6 +202,8 @@ def decode(data: Data, max_pixels: int) -> Image.Image:
     fmt = image.format
     try:
         image.load()
+    except Image.DecompressionBombError as exc:
+        raise _over_pillow_limit(f"the {fmt} image is too large for Pillow to decode", exc) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"the {fmt} image is damaged or truncated: {exc}") from None
     return image
@@ -193,6 +237,9 @@ def decode_frames(data: Data, max_pixels: int, count: int) -> tuple[list[Image.I
             image.load()
             frames.append(image.copy())
             durations.append(image.info.get("duration"))
+    except Image.DecompressionBombError as exc:
+        what = f"frame {len(frames) + 1} of the {fmt} image is too large for Pillow to decode"
+        raise _over_pillow_limit(what, exc) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"frame {len(frames) + 1} of the {fmt} image is damaged: {exc}") from None
     return frames, Timing(tuple(durations), loop)
