@@ -4,9 +4,9 @@ The workers send ``task-sent``, ``task-received``, ``task-started`` and
 ``task-succeeded`` events (with each task's runtime and a repr of its result), and the
 client's own publish sends ``task-sent`` too (stamped just after the message is out, so
 a worker may receive it a hair "before" it was sent).  From those alone a job splits
-into its serial head (submit until the first edit starts), its parallel body (the edits) and its
-serial tail (the last edit's end until the client has the result); the three add up to
-the end-to-end time.  How the job was laid out (tiles, halo, where the source is decoded)
+into its serial head (submit until the first edit starts), its parallel body (the edits, until
+the last one sends the merge) and its serial tail (until the client has the result); the
+three add up to the end-to-end time.  How the job was laid out (tiles, halo, where the source is decoded)
 is what the split's own result reports.  Nothing of the data path is re-run by hand here,
 so the breakdown cannot drift from what the tasks really do.
 """
@@ -147,7 +147,8 @@ def job_phases(events: list[dict[str, Any]], workers: int) -> dict[str, Any] | N
         return None
     done = events[-1]["done"]
     chord_out = min(e["sent"] for e in edits)
-    first, last = min(e["started"] for e in edits), max(e["succeeded"] for e in edits)
+    first = min(e["started"] for e in edits)
+    last = merge["sent"]  # the last edit sent the merge as it stored its result: the body's end
     runtimes = [e["runtime_ms"] for e in edits]
     body = last - first
     head = {
@@ -156,11 +157,8 @@ def job_phases(events: list[dict[str, Any]], workers: int) -> dict[str, Any] | N
         "split until its chord is out": chord_out - split["started"],
         "first edit queued": first - chord_out,
     }
-    tail = {
-        "merge queued after the last edit": merge["started"] - last,
-        "merge, client reads": done - merge["started"],
-    }
-    handovers = head["split queued"] + head["first edit queued"] + tail["merge queued after the last edit"]
+    tail = {"merge queued": merge["started"] - last, "merge, client reads": done - merge["started"]}
+    handovers = head["split queued"] + head["first edit queued"] + tail["merge queued"]
     return {
         "end_to_end_ms": done,
         "head_ms": first,
