@@ -13,26 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-from PIL import Image
 
 from ..client import Client, MapResult, read_source
 from ..config import Settings
 from ..errors import UnsupportedFormat
-from ..imaging import codec, parse_grid
+from ..imaging import parse_grid
+from ..imaging.encode import format_for_path, normal_format
 from ..ops import parse_pipeline
 from .outputs import check_directory, expand_inputs, make_directory, plan_outputs, write_atomic
 from .report import Report
 
 __all__ = ["run"]
-
-
-def _normal_format(fmt: str) -> str:
-    Image.init()
-    name = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt.upper(), fmt.upper())
-    if name not in Image.SAVE:
-        known = ", ".join(sorted(Image.SAVE))
-        raise UnsupportedFormat(f"unknown output format {fmt!r}; Pillow can write {known}")
-    return name
 
 
 def _settings(redis_url: str | None, timeout: float | None) -> Settings:
@@ -164,7 +155,7 @@ def _run_one(
     timeout: float | None,
 ) -> None:
     check_directory(output.parent)
-    out_format = fmt or codec.format_for_path(str(output))
+    out_format = fmt or format_for_path(str(output))
     if input.resolve() == output.resolve():
         raise UnsupportedFormat(f"refusing to overwrite the input {input}; choose another output path")
     settings = _settings(redis_url, timeout)
@@ -187,7 +178,7 @@ def _run_batch(
     quiet: bool,
     timeout: float | None,
 ) -> None:
-    out_format = _normal_format(fmt) if fmt is not None else None
+    out_format = normal_format(fmt) if fmt is not None else None
     settings = _settings(redis_url, timeout)
     pipeline = parse_pipeline(ops)  # fail before starting anything
     if grid.strip().lower() != "auto":
