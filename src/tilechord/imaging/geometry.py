@@ -22,10 +22,13 @@ _GRID_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7,]\s*(\d+)\s*$")
 
 @dataclass(frozen=True)
 class Grid:
+    """How many columns and rows of tiles an image is cut into."""
+
     cols: int
     rows: int
 
     def __str__(self) -> str:
+        """``COLSxROWS``, the form :func:`parse_grid` reads back (logs, the CLI)."""
         return f"{self.cols}x{self.rows}"
 
     def clip(self, width: int, height: int) -> Grid:
@@ -68,14 +71,17 @@ class Tile:
 
     @property
     def size(self) -> tuple[int, int]:
+        """The core's width and height: what the tile adds to the output."""
         return (self.box[2] - self.box[0], self.box[3] - self.box[1])
 
     def describe(self) -> str:
+        """Where the tile is, for an error message that points at the failing part."""
         w, h = self.size
         return f"tile {self.index + 1}/{self.count} at ({self.box[0]}, {self.box[1]}) {w}x{h}"
 
 
 def _edges(length: int, parts: int) -> list[int]:
+    """Cut points in integers only, so tiles meet exactly and differ by one pixel at most."""
     return [i * length // parts for i in range(parts + 1)]
 
 
