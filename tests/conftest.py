@@ -4,39 +4,43 @@ The server is an embedded valkey-server on a free loopback port (from the valkey
 wheel), or the one named by ``TILECHORD_TEST_REDIS_URL``.  The workers are
 ``celery -A tilechord worker`` processes (prefork, two children), started as
 subprocesses exactly as a user starts them.  Nothing here is mocked.
+
+Only fixtures live here.  Helpers that test modules share are modules of
+``tests/support/`` (on ``sys.path`` through pytest's ``pythonpath`` setting); a test
+module never imports this file or another test module.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from workers import PLUGINS, tilechord_keys, worker_env
 
 from tilechord import Client, Settings
 from tilechord.local import EmbeddedRedis, WorkerPool
 
-ROOT = Path(__file__).resolve().parent.parent
-SUPPORT = Path(__file__).resolve().parent / "support"
-sys.path.insert(0, str(SUPPORT))
+UNIT = Path(__file__).resolve().parent / "unit"
 
-PLUGINS = ("tilechord_testplugin",)
+#: The fixtures that bring up Redis or the workers, which the fast tier (tests/unit) never uses.
+REAL = frozenset({"redis_server", "redis_url", "settings", "worker", "client", "redis_client"})
+REAL |= {"no_leftovers", "messages"}
 
 
-def worker_env(redis_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a test worker: our Redis, our plugins, importable test support."""
-    path = os.pathsep.join(p for p in (str(SUPPORT), os.environ.get("PYTHONPATH", "")) if p)
-    return {
-        "TILECHORD_REDIS_URL": redis_url,
-        "TILECHORD_PLUGINS": ",".join(PLUGINS),
-        "PYTHONPATH": path,
-        **extra,
-    }
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the fast tier fast: a test under tests/unit that asks for Redis or a worker is an error."""
+    wrong = [
+        f"{item.nodeid} uses {sorted(REAL & set(item.fixturenames))}"  # type: ignore[attr-defined]
+        for item in items
+        if UNIT in item.path.parents and REAL & set(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("tests/unit is the fast tier, no Redis, no worker:\n" + "\n".join(wrong))
 
 
 @pytest.fixture(scope="session")
@@ -92,10 +96,6 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield r
     finally:
         r.close()
-
-
-def tilechord_keys(r: redis.Redis) -> list[bytes]:
-    return sorted(r.scan_iter(match="tilechord:*", count=1000))
 
 
 @pytest.fixture

@@ -14,46 +14,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import pytest
 from images import photo
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
+from procs import processes_with, wait_until_gone
+from reference import pillow
 
 from tilechord.local import WorkerPool
-
-REFERENCES: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "gaussian_blur:radius=6": lambda im: im.filter(ImageFilter.GaussianBlur(6)),
-    "grayscale": ImageOps.grayscale,
-    "invert": ImageOps.invert,
-    "sharpen": lambda im: im.filter(ImageFilter.SHARPEN),
-}
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose environment carries *marker* (ours and our children's)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker.encode() in handle.read():
-                    with open(f"/proc/{entry}/stat", "rb") as stat:
-                        if stat.read().split(b")")[-1].split()[0] != b"Z":
-                            found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def wait_until_gone(marker: str, timeout: float = 15) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
 
 
 def tilechord(
@@ -115,7 +85,7 @@ def test_run_without_redis_matches_pillow_and_leaves_no_process(
         env=local_env(marker),
     )
     assert done.returncode == 0, done.stderr
-    expected = REFERENCES[spec](Image.open(photo_jpeg))
+    expected = pillow(Image.open(photo_jpeg), spec)
     result = Image.open(out)
     assert result.format == "PNG"
     assert (result.mode, result.size) == (expected.mode, expected.size)
@@ -283,7 +253,7 @@ def test_up_serves_another_shell_and_ctrl_c_leaves_no_process(photo_jpeg: Path, 
         done = tilechord("run", str(photo_jpeg), "-o", str(out), "--op", "gaussian_blur:radius=6", "--grid",
                          "3x2", "--redis", url, env=local_env(other))  # fmt: skip
         assert done.returncode == 0, done.stderr
-        expected = REFERENCES["gaussian_blur:radius=6"](Image.open(photo_jpeg))
+        expected = pillow(Image.open(photo_jpeg), "gaussian_blur:radius=6")
         assert Image.open(out).tobytes() == expected.tobytes()
         assert processes_with(other) == []  # served by `up`, started nothing of its own
 

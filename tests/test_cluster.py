@@ -34,7 +34,6 @@ from tilechord.local import (
     LocalCluster,
     WorkerPool,
     pid_alive,
-    settings_env,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -393,11 +392,6 @@ def test_local_cluster_that_fails_to_start_cleans_up(probe_env: dict[str, str]) 
     assert wait_gone([cluster.redis.pid], timeout=0) == []
     assert not cluster.running
     cluster.stop()
-
-
-def test_settings_env_round_trips() -> None:
-    settings = Settings(key_ttl=77, job_timeout=12.25, max_pixels=10, max_bytes=11, max_tiles=12, workers=3)
-    assert Settings.from_env(settings_env(settings)) == settings
 
 
 CLUSTER_SCRIPT = """

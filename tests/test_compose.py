@@ -1,4 +1,8 @@
-"""Docker cannot run here: check the deployment files against the package, and run their topology."""
+"""Docker cannot run here: check the deployment's commands against the package, and run its topology.
+
+(What needs no process, the files' contents against the package and the README, is in
+``tests/unit/test_deployment_files.py``.)
+"""
 
 from __future__ import annotations
 
@@ -18,21 +22,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-import yaml
+from deployment import ROOT, compose, substitute
 from images import photo
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
+from reference import reference
 
 from tilechord import Client, Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def _expand(arg: str) -> str:
@@ -41,7 +39,7 @@ def _expand(arg: str) -> str:
 
 
 def _tilechord_commands() -> list[tuple[str, list[str]]]:
-    services = _compose()["services"]
+    services = compose()["services"]
     found = [
         (name, [_expand(str(a)) for a in svc["command"]])
         for name, svc in services.items()
@@ -52,16 +50,6 @@ def _tilechord_commands() -> list[tuple[str, list[str]]]:
     assert cmd, "the Dockerfile has an exec-form CMD"
     found.append(("Dockerfile CMD", json.loads(cmd.group(1))))
     return found
-
-
-def test_compose_runs_redis_workers_and_flower() -> None:
-    services = _compose()["services"]
-    assert {"redis", "worker", "flower"} <= set(services)
-    assert "noeviction" in [str(a) for a in services["redis"]["command"]]
-    assert "build" in services["worker"]
-    assert "container_name" not in services["worker"]  # so that --scale worker=N works
-    env = services["worker"]["environment"]
-    assert env["TILECHORD_REDIS_URL"].startswith("redis://")
 
 
 @pytest.mark.parametrize(
@@ -90,26 +78,14 @@ def test_every_command_the_deployment_runs_exists_with_its_options(where: str, c
             assert option.split("=")[0] in known, f"{where}: {option} is not an option of celery {sub}"
 
 
-def test_compose_variables_are_ones_tilechord_reads() -> None:
-    config = (ROOT / "src" / "tilechord" / "config.py").read_text()
-    env = _compose()["services"]["worker"]["environment"]
-    for name in env:
-        assert f'"{name}"' in config, f"{name} is set by compose but never read"
-
-
 # -- the topology, with real processes ---------------------------------------------------------
-
-
-def _substitute(arg: str, env: dict[str, str]) -> str:
-    """``${VAR:-default}`` and ``${VAR}`` as compose expands them from *env*."""
-    return re.sub(r"\$\{([A-Z_]+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or (m[2] or ""), arg)
 
 
 def _service(name: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """A service's command line and environment, substituted as compose would."""
-    service = _compose()["services"][name]
-    command = [_substitute(str(a), env) for a in service["command"]]
-    environment = {k: _substitute(str(v), env) for k, v in (service.get("environment") or {}).items()}
+    service = compose()["services"][name]
+    command = [substitute(str(a), env) for a in service["command"]]
+    environment = {k: substitute(str(v), env) for k, v in (service.get("environment") or {}).items()}
     return command, environment
 
 
@@ -209,7 +185,7 @@ def test_the_compose_topology_runs_a_job_with_its_own_command_lines(tmp_path: Pa
             data = client.process(buffer.getvalue(), ["gaussian_blur:radius=4", "invert"], grid=(3, 2))
         finally:
             client.close()
-        expected = ImageOps.invert(image.filter(ImageFilter.GaussianBlur(4)))
+        expected = reference(image, ["gaussian_blur:radius=4", "invert"])
         assert Image.open(io.BytesIO(data)).tobytes() == expected.tobytes()
 
         # Flower, with the compose file's basic auth, sees both workers
@@ -229,10 +205,3 @@ def test_the_compose_topology_runs_a_job_with_its_own_command_lines(tmp_path: Pa
         assert refused.value.code == 401
     finally:
         topology.stop()
-
-
-def test_readme_documents_every_variable_the_compose_file_reads() -> None:
-    text = (ROOT / "docker-compose.yml").read_text()
-    readme = (ROOT / "README.md").read_text()
-    for name in sorted(set(re.findall(r"\$\{([A-Z_]+)", text))):
-        assert f"`{name}`" in readme, f"README does not document {name}"

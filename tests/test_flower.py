@@ -23,8 +23,8 @@ import pytest
 from images import photo
 from PIL import Image, ImageStat
 from procs import wait_for
+from workers import worker_env
 
-from conftest import worker_env
 from tilechord import Client, parse_pipeline
 from tilechord.cli import FLOWER_ENV
 from tilechord.local import Flower, WorkerPool

@@ -30,13 +30,14 @@ import pytest
 import redis
 from celery.result import AsyncResult
 from images import encoded, photo
-from PIL import Image, ImageOps
+from PIL import Image
+from reference import pillow
+from workers import PLUGINS, worker_env
 
 import tilechord
-from conftest import PLUGINS, worker_env
 from tilechord import Client, Settings
 from tilechord.config import celery_config
-from tilechord.local import EmbeddedRedis, WorkerPool, _ping_app
+from tilechord.local import EmbeddedRedis, WorkerPool, ping_app
 from tilechord.worker.keys import JobKeys
 
 JSON_ONLY = {
@@ -137,7 +138,8 @@ def run_private_job(url: str, tmp_log_check: list[str]) -> None:
     try:
         pool.start()
         image = photo(80, 60, seed=4)
-        assert own.process_image(image, ["invert"], grid=(2, 2)).tobytes() == ImageOps.invert(image).tobytes()
+        result = own.process_image(image, ["invert"], grid=(2, 2))
+        assert result.tobytes() == pillow(image, "invert").tobytes()
         assert list(own.store.client.scan_iter(match="tilechord:*")) == []
         log = pool.log_path.read_text() if pool.log_path is not None else ""
         assert "celery@" in log or "Connected to" in log or "ready" in log, log[-2000:]
@@ -303,7 +305,7 @@ def test_rediss_with_a_private_ca_runs_a_job_over_verified_tls(
     assert conf["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca)}
     assert conf["redis_backend_use_ssl"] == conf["broker_use_ssl"]
     # the readiness probe of the worker pool verifies too (kombu alone would not)
-    probe = _ping_app(url)
+    probe = ping_app(url)
     assert probe.conf.broker_use_ssl == conf["broker_use_ssl"]
     probe.close()
     pool = WorkerPool(url, concurrency=1, env={**worker_env(url), "TILECHORD_SSL_CA_CERTS": str(ca)})
@@ -311,7 +313,8 @@ def test_rediss_with_a_private_ca_runs_a_job_over_verified_tls(
     try:
         pool.start()
         image = photo(90, 50, seed=5)
-        assert own.process_image(image, ["invert"], grid=(2, 1)).tobytes() == ImageOps.invert(image).tobytes()
+        result = own.process_image(image, ["invert"], grid=(2, 1))
+        assert result.tobytes() == pillow(image, "invert").tobytes()
         assert own.store.client.connection_pool.connection_class.__name__ == "SSLConnection"
     finally:
         own.close()

@@ -82,3 +82,18 @@ def random_image(mode: str, width: int, height: int, seed: int = 0, levels: int 
     if mode in ("P", "PA"):
         image.putpalette(rng.randbytes(768))
     return image
+
+
+def quadrants(width: int = 160, height: int = 120) -> Image.Image:
+    """A photo whose four quadrants differ strongly in brightness and spread.
+
+    Per-tile statistics are visibly wrong on it, so a global operation that used them
+    instead of the whole image's would show.
+    """
+    image = photo(width, height, seed=11)
+    w, h = width // 2, height // 2
+    out = image.copy()
+    out.paste(image.crop((0, 0, w, h)).point(lambda v: v // 5), (0, 0))
+    out.paste(image.crop((w, 0, width, h)).point(lambda v: 60 + v // 3), (w, 0))
+    out.paste(image.crop((0, h, w, height)).point(lambda v: 200 + v // 5), (0, h))
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -32,3 +33,28 @@ def tilechord_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries *marker* (ours and our children's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    with open(f"/proc/{entry}/stat", "rb") as stat:
+                        if stat.read().split(b")")[-1].split()[0] != b"Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(marker: str, timeout: float = 15) -> list[int]:
+    """The processes still carrying *marker* after up to *timeout* seconds (none, if all is well)."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left

@@ -6,6 +6,7 @@ import pytest
 
 from tilechord.config import Settings, celery_config, redact_url
 from tilechord.errors import ConfigurationError
+from tilechord.local import settings_env
 
 
 def test_settings_read_every_variable_from_the_environment() -> None:
@@ -70,3 +71,16 @@ def test_rediss_urls_verify_certificates_by_default() -> None:
     assert conf["redis_backend_use_ssl"]["ssl_cert_reqs"] == ssl.CERT_REQUIRED
     explicit = celery_config(Settings(redis_url="rediss://h:6380/0?ssl_cert_reqs=none"))
     assert "broker_use_ssl" not in explicit
+
+
+def test_default_limits_are_safe() -> None:
+    default = Settings()
+    assert default.max_pixels <= 2 * 89_478_485  # never above Pillow's own bomb error
+    assert default.max_bytes <= 1024**3
+    assert 1 <= default.max_tiles <= 1024
+    assert default.job_timeout <= 3600
+
+
+def test_settings_env_round_trips() -> None:
+    settings = Settings(key_ttl=77, job_timeout=12.25, max_pixels=10, max_bytes=11, max_tiles=12, workers=3)
+    assert Settings.from_env(settings_env(settings)) == settings
