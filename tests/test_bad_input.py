@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 import redis
 from images import encoded, photo
-from PIL import Image, ImageOps
+from PIL import Image
 from procs import tilechord_cli
+from reference import pillow
+from workers import SUPPORT
 
 import tilechord
 from tilechord import Client, Settings
@@ -178,7 +180,7 @@ def key_writes(redis_client: redis.Redis) -> Iterator[Callable[[], list[str]]]:
 def assert_workers_serve_the_next_job(client: Client) -> None:
     image = photo(64, 40, seed=9)
     result = client.process_image(image, ["invert"], grid=(2, 1), timeout=60)
-    assert result.tobytes() == ImageOps.invert(image).tobytes()
+    assert result.tobytes() == pillow(image, "invert").tobytes()
 
 
 def assert_refused_before_any_tile(case: Bad, writes: list[str], published: list[dict[str, Any]]) -> None:
@@ -230,20 +232,28 @@ def test_bad_bytes_and_file_objects_give_the_same_typed_error(
 
 
 def test_an_unknown_output_format_is_refused_before_anything_is_enqueued(
-    client: Client, key_writes: Callable[[], list[str]], no_leftovers: None
+    client: Client,
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
+    no_leftovers: None,
 ) -> None:
     with pytest.raises(tilechord.UnsupportedFormat, match="XYZ"):
         client.process(good_png(), ["invert"], format="XYZ")
     with pytest.raises(tilechord.UnsupportedFormat, match="JPEG cannot hold a mode RGBA"):
         client.process(encoded(photo(20, 20, "RGBA"), "PNG"), [], format="JPEG")
     assert key_writes() == []
+    assert messages() == []  # not one task message was published
 
 
 # -- configurable limits -------------------------------------------------------------------------
 
 
 def test_pixel_limit_is_configurable_and_refuses_from_the_header(
-    client: Client, settings: Settings, key_writes: Callable[[], list[str]], no_leftovers: None
+    client: Client,
+    settings: Settings,
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
+    no_leftovers: None,
 ) -> None:
     small = Client(dataclasses.replace(settings, max_pixels=100 * 100))
     try:
@@ -252,8 +262,9 @@ def test_pixel_limit_is_configurable_and_refuses_from_the_header(
         with pytest.raises(tilechord.ImageTooLarge, match="TILECHORD_MAX_PIXELS"):
             small.process_image(photo(100, 101), ["invert"])
         assert key_writes() == []
+        assert messages() == []
         image = photo(100, 100)
-        assert small.process_image(image, ["invert"]).tobytes() == ImageOps.invert(image).tobytes()
+        assert small.process_image(image, ["invert"]).tobytes() == pillow(image, "invert").tobytes()
     finally:
         small.close()
 
@@ -273,7 +284,11 @@ def test_the_pixel_limit_in_force_is_the_configured_one_not_pillows_warning_thre
 
 
 def test_byte_limit_is_configurable_for_paths_bytes_and_file_objects(
-    settings: Settings, tmp_path: Path, key_writes: Callable[[], list[str]], no_leftovers: None
+    settings: Settings,
+    tmp_path: Path,
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
+    no_leftovers: None,
 ) -> None:
     data = good_png()
     path = tmp_path / "photo.png"
@@ -286,6 +301,7 @@ def test_byte_limit_is_configurable_for_paths_bytes_and_file_objects(
         with path.open("rb") as handle, pytest.raises(tilechord.ImageTooLarge, match="TILECHORD_MAX_BYTES"):
             small.process(handle, ["invert"])
         assert key_writes() == []
+        assert messages() == []
     finally:
         small.close()
     exact = Client(dataclasses.replace(settings, max_bytes=len(data)))
@@ -297,7 +313,11 @@ def test_byte_limit_is_configurable_for_paths_bytes_and_file_objects(
 
 
 def test_tile_and_grid_limits_are_configurable(
-    client: Client, settings: Settings, key_writes: Callable[[], list[str]], no_leftovers: None
+    client: Client,
+    settings: Settings,
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
+    no_leftovers: None,
 ) -> None:
     limited = Client(dataclasses.replace(settings, max_tiles=4))
     source = encoded(photo(60, 40), "PNG")
@@ -309,23 +329,13 @@ def test_tile_and_grid_limits_are_configurable(
         with pytest.raises(tilechord.InvalidGrid):
             client.process(source, ["invert"], grid=(0, 1))
         assert key_writes() == []
+        assert messages() == []
         assert len(limited.process(source, ["invert"], grid=(2, 2))) > 0
     finally:
         limited.close()
 
 
-def test_default_limits_are_safe() -> None:
-    default = Settings()
-    assert default.max_pixels <= 2 * 89_478_485  # never above Pillow's own bomb error
-    assert default.max_bytes <= 1024**3
-    assert 1 <= default.max_tiles <= 1024
-    assert default.job_timeout <= 3600
-
-
 # -- at the command line -------------------------------------------------------------------------
-
-
-SUPPORT = Path(__file__).resolve().parent / "support"
 
 
 def cli_env(redis_url: str, **extra: str) -> dict[str, str]:
@@ -392,7 +402,11 @@ def test_bad_input_at_the_cli_is_one_line_on_stderr_and_a_non_zero_exit(
 
 
 def test_cli_output_in_a_missing_directory_is_refused_before_anything_is_enqueued(
-    client: Client, redis_url: str, dirs: tuple[Path, Path], key_writes: Callable[[], list[str]]
+    client: Client,
+    redis_url: str,
+    dirs: tuple[Path, Path],
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
 ) -> None:
     inputs, outputs = dirs
     path = inputs / "photo.png"
@@ -403,12 +417,16 @@ def test_cli_output_in_a_missing_directory_is_refused_before_anything_is_enqueue
     )
     assert_one_line_error(done, "does not exist", password_of(redis_url))
     assert key_writes() == []
+    assert messages() == []  # the CLI loads the recording plugin too (cli_env)
     assert digest(path) == before
     assert listing(inputs) == ["photo.png"] and listing(outputs) == []
 
 
 def test_cli_unknown_output_format_is_refused_before_anything_is_enqueued(
-    redis_url: str, dirs: tuple[Path, Path], key_writes: Callable[[], list[str]]
+    redis_url: str,
+    dirs: tuple[Path, Path],
+    key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
 ) -> None:
     inputs, outputs = dirs
     path = inputs / "photo.png"
@@ -420,6 +438,7 @@ def test_cli_unknown_output_format_is_refused_before_anything_is_enqueued(
     )
     assert_one_line_error(done, "NOPE", password_of(redis_url))
     assert key_writes() == []
+    assert messages() == []
     assert listing(outputs) == []
 
 
@@ -435,6 +454,7 @@ def test_cli_limits_come_from_the_environment(
     redis_url: str,
     dirs: tuple[Path, Path],
     key_writes: Callable[[], list[str]],
+    messages: Callable[[], list[dict[str, Any]]],
     variable: str,
     value: str,
     args: list[str],
@@ -447,6 +467,7 @@ def test_cli_limits_come_from_the_environment(
     done = run_cli(str(path), "-o", str(outputs / "out.png"), "--op", "invert", *args, env=env, cwd=inputs)
     assert_one_line_error(done, error, password_of(redis_url))
     assert key_writes() == []
+    assert messages() == []
     assert listing(outputs) == []
     # the same run within the limit succeeds
     done = run_cli(
