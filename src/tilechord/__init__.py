@@ -22,6 +22,7 @@ from .errors import (
     InvalidGrid,
     InvalidImage,
     InvalidParameter,
+    JobCancelled,
     JobFailed,
     JobTimeout,
     TilechordError,
@@ -60,6 +61,7 @@ __all__ = [
     "UnsupportedMode",
     "InvalidGrid",
     "JobFailed",
+    "JobCancelled",
     "JobTimeout",
     "__version__",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "InvalidGrid",
     "JobFailed",
     "JobTimeout",
+    "JobCancelled",
     "JobGone",
     "InvalidOutput",
     "error_from_name",
@@ -80,6 +81,11 @@ class JobTimeout(TilechordError, TimeoutError):
     """The job did not finish within its timeout; its data has been cleaned up."""
 
 
+class JobCancelled(TilechordError):
+    """The job was cancelled (:meth:`Job.cancel`, a closed :func:`map`, Ctrl-C): its tasks were
+    stopped and its data deleted."""
+
+
 class JobGone(JobFailed):
     """The job's data is gone: it was cleaned up (failed, timed out) or expired.
 
@@ -108,6 +114,7 @@ _BY_NAME: dict[str, type[TilechordError]] = {
         InvalidGrid,
         JobFailed,
         JobTimeout,
+        JobCancelled,
         JobGone,
         InvalidOutput,
     )

@@ -203,7 +203,9 @@ class _Batch:
         return [{"items": [{"item": i, "ok": False, "error": name, "message": text} for i in self.pending]}]
 
     def cancel(self) -> None:
-        AsyncResult(self.keys.job_id, app=self.app).revoke()
+        """Stop the batch's task, running or not, and delete its data (as :meth:`Job.cancel`)."""
+        with contextlib.suppress(Exception):
+            self.app.control.revoke(self.keys.job_id, terminate=True, signal="SIGKILL")
         self.app.store.cleanup(self.keys)
 
 

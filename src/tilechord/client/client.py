@@ -148,7 +148,7 @@ class Client:
             app.store.cleanup(keys)
             raise
         limit = self._requested.job_timeout if timeout is None else timeout
-        return Job(app, keys, job.tiles, job.format, limit)
+        return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps))
 
     def submit(
         self,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from celery.result import AsyncResult
 
 from ..config import redact_url
-from ..errors import BrokerUnavailable, JobTimeout, TilechordError, error_from_name
+from ..errors import BrokerUnavailable, JobCancelled, JobTimeout, TilechordError, error_from_name
 from ..imaging import Grid
 from ..imaging.codec import SourceInfo
 from ..ops import Pipeline
@@ -53,11 +53,18 @@ class Job:
     """A submitted job.  :meth:`get` waits for it, returns the result and frees its data."""
 
     def __init__(
-        self, app: TilechordCelery, keys: JobKeys, tiles: int, fmt: str | None, timeout: float
+        self,
+        app: TilechordCelery,
+        keys: JobKeys,
+        tiles: int,
+        fmt: str | None,
+        timeout: float,
+        stages: int = 0,
     ) -> None:
         self._app = app
         self.keys = keys
         self.tiles = tiles
+        self.stages = stages  # global steps: each adds a stats and a reduce stage
         self.format = fmt
         self.timeout = timeout
         self._result: bytes | None = None
@@ -127,10 +134,10 @@ class Job:
                     break
         except TilechordError as exc:
             self._error = exc
-            self._cleanup()
+            self._abandon()
             raise
-        except BaseException:
-            self._cleanup()
+        except BaseException:  # Ctrl-C, a cancelled thread: nobody wants the rest of the work
+            self._abandon()
             raise
         try:
             # The result and the cleanup in two round trips (a small job's budget is tight).
@@ -200,11 +207,38 @@ class Job:
         with contextlib.suppress(BrokerUnavailable):  # keys carry a TTL; they expire anyway
             self._app.store.cleanup(self.keys)
 
-    def cancel(self) -> None:
-        """Stop waiting, revoke the job and delete its data."""
-        self._async_result().revoke()
-        self._error = JobTimeout(f"job {self.id} was cancelled")
+    def task_ids(self) -> list[str]:
+        """Every task id the job can have (see :mod:`tilechord.worker.canvas`)."""
+        per_tile = ["edit", *(f"stats{s}" for s in range(self.stages))]
+        ids = [
+            self.id,
+            self.keys.task_id("merge"),
+            *(self.keys.task_id(f"reduce{s}") for s in range(self.stages)),
+        ]
+        return ids + [self.keys.task_id(kind, i) for kind in per_tile for i in range(self.tiles)]
+
+    def _abandon(self) -> None:
+        """Stop the job's tasks, running ones too, and delete its data.
+
+        Celery's revoke with ``terminate`` reaches every worker: a task not started yet is
+        dropped when it arrives, and a running one has its pool process killed, which the
+        pool replaces at once, so the workers are free for the next job within a second
+        instead of finishing tiles nobody waits for.  SIGKILL, not SIGTERM: the pool's
+        children handle SIGTERM in Python, which runs only once Pillow's C call returns
+        (seconds, for a big median).  Should the process have moved on to another job's
+        task in that instant, that task is requeued (``task_reject_on_worker_lost``).
+        """
+        with contextlib.suppress(Exception):  # best effort: Redis may be gone; the keys expire anyway
+            self._app.control.revoke(self.task_ids(), terminate=True, signal="SIGKILL")
         self._cleanup()
+
+    def cancel(self) -> None:
+        """Stop the job: revoke its tasks (stopping those running) and delete its data.
+
+        A later :meth:`get` raises :class:`JobCancelled`.
+        """
+        self._error = JobCancelled(f"job {self.id} was cancelled")
+        self._abandon()
 
     def fail(self, error: TilechordError) -> None:
         """Record *error* as the job's end (it was found by whoever waited: a timeout ...)."""
