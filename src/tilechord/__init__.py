@@ -25,6 +25,7 @@ from .errors import (
     JobCancelled,
     JobFailed,
     JobTimeout,
+    NoWorker,
     TilechordError,
     UnknownOperation,
     UnsupportedFormat,
@@ -63,6 +64,7 @@ __all__ = [
     "JobFailed",
     "JobCancelled",
     "JobTimeout",
+    "NoWorker",
     "__version__",
 ]
 

@@ -23,6 +23,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "JobCancelled",
+    "NoWorker",
     "JobGone",
     "InvalidOutput",
     "error_from_name",
@@ -81,6 +82,13 @@ class JobTimeout(TilechordError, TimeoutError):
     """The job did not finish within its timeout; its data has been cleaned up."""
 
 
+class NoWorker(JobTimeout):
+    """No live worker serves the job's queue, so the job cannot start.
+
+    A :class:`JobTimeout`: it ends the wait early, seconds in, instead of at the timeout.
+    """
+
+
 class JobCancelled(TilechordError):
     """The job was cancelled (:meth:`Job.cancel`, a closed :func:`map`, Ctrl-C): its tasks were
     stopped and its data deleted."""
@@ -115,6 +123,7 @@ _BY_NAME: dict[str, type[TilechordError]] = {
         JobFailed,
         JobTimeout,
         JobCancelled,
+        NoWorker,
         JobGone,
         InvalidOutput,
     )
