@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from celery.result import AsyncResult
 
-from ..errors import BrokerUnavailable, JobFailed, JobTimeout, TilechordError, error_from_name
+from ..config import QUEUE, redact_url
+from ..errors import BrokerUnavailable, JobFailed, JobTimeout, NoWorker, TilechordError, error_from_name
 from ..ops import Pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import BATCH
-from .job import POLL, Job, Prepared
+from .job import POLL, START_GRACE, Job, Prepared
 from .sources import Source, read_source
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class _Batch:
         try:
             app.tasks[BATCH].si(self.keys.job_id, first.pipeline.to_json(), first.format).set(
                 task_id=self.keys.job_id, argsrepr=f"batch of {len(items)} small images [{first.pipeline}]"
-            ).apply_async()
+            ).apply_async(expires=timeout)  # nobody waits for it after that: never run it
         except BaseException:
             app.store.cleanup(self.keys)
             raise
@@ -194,6 +195,11 @@ class _Batch:
                     f"batch {self.keys.job_id} failed: {task.result!r}" if state == "FAILURE"
                     else f"batch {self.keys.job_id} ended without reporting these images"
                 )  # fmt: skip
+            elif state == "PENDING" and now - self.started >= START_GRACE and not self._workers():
+                url = redact_url(self.app.tilechord_settings.redis_url)
+                reason = NoWorker(
+                    f"batch {self.keys.job_id} cannot start: no live worker on queue {QUEUE} at {url}"
+                )
             elif not self.app.store.is_live(self.keys):
                 reason = JobFailed(f"batch {self.keys.job_id} lost its data in Redis (restarted, flushed or "
                                    "expired): submit it again")  # fmt: skip
@@ -201,6 +207,9 @@ class _Batch:
             return []
         name, text = type(reason).__name__, str(reason)
         return [{"items": [{"item": i, "ok": False, "error": name, "message": text} for i in self.pending]}]
+
+    def _workers(self) -> int:
+        return self.app.store.live_workers(QUEUE)
 
     def cancel(self) -> None:
         """Stop the batch's task, running or not, and delete its data (as :meth:`Job.cancel`)."""

@@ -141,13 +141,14 @@ class Client:
             f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "
             f"grid {job.grid}, [{job.pipeline}]"
         )
+        limit = self._requested.job_timeout if timeout is None else timeout
         app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
-            split_signature(app, spec, describe).apply_async()
+            # Expires with the wait: a split nobody waits for any more is never run.
+            split_signature(app, spec, describe).apply_async(expires=limit)
         except BaseException:
             app.store.cleanup(keys)
             raise
-        limit = self._requested.job_timeout if timeout is None else timeout
         return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps))
 
     def submit(

@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from celery.result import AsyncResult
 
-from ..config import redact_url
-from ..errors import BrokerUnavailable, JobCancelled, JobTimeout, TilechordError, error_from_name
+from ..config import QUEUE, redact_url
+from ..errors import (
+    BrokerUnavailable,
+    JobCancelled,
+    JobTimeout,
+    NoWorker,
+    TilechordError,
+    error_from_name,
+)
 from ..imaging import Grid
 from ..imaging.codec import SourceInfo
 from ..ops import Pipeline
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["POLL", "Job", "Prepared", "ProgressCallback"]
 
 POLL = 0.5  # seconds between checks of Celery's own state while waiting
+#: Seconds a job may sit unstarted before the client asks whether any worker is alive.
+START_GRACE = 2.0
 
 #: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
 ProgressCallback: TypeAlias = "Callable[[int, int], object]"
@@ -65,6 +74,7 @@ class Job:
         self.keys = keys
         self.tiles = tiles
         self.stages = stages  # global steps: each adds a stats and a reduce stage
+        self.sent = time.monotonic()
         self.format = fmt
         self.timeout = timeout
         self._result: bytes | None = None
@@ -164,24 +174,31 @@ class Job:
             raise
 
     def poll_failure(self) -> dict[str, Any] | None:
-        """Celery's own record, for failures the tasks could not report themselves."""
-        failed = self._celery_failure()
-        return None if failed is None else self._failure_message(failed)
-
-    def _celery_failure(self) -> AsyncResult | None:
-        """The job's task that failed without telling the client (killed too often ...).
+        """Celery's own record, for failures the tasks could not report themselves.
 
         The split's record is the job id's; once it succeeded, the merge's is
-        ``<job>-merge``.
+        ``<job>-merge``.  A job still unstarted :data:`START_GRACE` seconds after it was
+        sent, with no live worker on its queue, raises :class:`NoWorker`: it cannot start,
+        and waiting out the timeout would only hide that.
         """
         first = self._async_result()
         state = first.state
+        if state == "PENDING" and time.monotonic() - self.sent >= START_GRACE:
+            live = self._app.store.live_workers(QUEUE)
+            if not live:
+                raise NoWorker(f"job {self.id} cannot start: {self._no_worker()}")
         if state == "FAILURE":
-            return first
+            return self._failure_message(first)
         if state == "SUCCESS":
             merge = AsyncResult(self.keys.task_id("merge"), app=self._app)
-            return merge if merge.state == "FAILURE" else None
+            return self._failure_message(merge) if merge.state == "FAILURE" else None
         return None
+
+    def _no_worker(self) -> str:
+        url = redact_url(self._app.tilechord_settings.redis_url)
+        return (
+            f"no live worker on queue {QUEUE} at {url}; no worker has started it (celery -A tilechord worker)"
+        )
 
     def _failure_message(self, failed: AsyncResult) -> dict[str, Any]:
         message = self._app.store.wait(self.keys, 0.01)  # the task's own report wins
@@ -194,10 +211,10 @@ class Job:
         state = self._async_result().state
         hint = ""
         if state == "PENDING":
-            hint = (
-                "; no worker has started it: is one running against "
-                f"{redact_url(self._app.tilechord_settings.redis_url)}? (celery -A tilechord worker)"
-            )
+            live = self._app.store.live_workers(QUEUE)
+            hint = f"; {self._no_worker()}" if not live else (
+                f"; no worker has started it yet: the {live} live worker(s) on queue {QUEUE} are busy"
+            )  # fmt: skip
         done, total = self.progress()
         return JobTimeout(
             f"job {self.id} did not finish within {limit:g} s ({done}/{total} tiles edited){hint}"

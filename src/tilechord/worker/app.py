@@ -17,6 +17,7 @@ from celery.backends.redis import RedisBackend
 
 from ..config import Settings, celery_config
 from ..errors import ConfigurationError
+from .liveness import Liveness
 from .store import BlobStore
 
 __all__ = ["TilechordCelery", "create_app", "default_app", "load_plugins"]
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> TilechordCelery:
     app.tilechord_settings = settings
     assert settings.redis_url is not None  # celery_config has checked
     app.store = BlobStore(settings.redis_url, settings.key_ttl)
+    app.steps["worker"].add(Liveness)  # a worker on this app keeps itself in the registry
     bind(app)
     return app
 

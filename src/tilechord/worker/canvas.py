@@ -53,6 +53,15 @@ def ops_text(ops: list[Any]) -> str:
     return clip(" | ".join(steps) or "identity")
 
 
+def _expiry(app: TilechordCelery) -> float:
+    """Seconds a stage's messages stay runnable: the job timeout, after which no client waits.
+
+    A message that waited that long in the queue (every worker busy or gone) is dropped by
+    the worker that finally receives it, instead of editing a tile nobody wants.
+    """
+    return float(app.tilechord_settings.job_timeout)
+
+
 def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
     """The job's first task, with the job id as its task id."""
     return app.tasks[SPLIT].si(spec.to_json()).set(task_id=spec.job, argsrepr=f"job {spec.job}: {describe}")
@@ -84,10 +93,15 @@ def next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> A
         return _stats_stage(app, spec, pipeline, parts, stage)
     keys = JobKeys(spec.job)
     short = clip(str(pipeline))
+    expires = _expiry(app)
     header = group(
         app.tasks[EDIT]
         .si(spec.job, spec.ops, tile.to_json())
-        .set(task_id=keys.task_id("edit", tile.index), argsrepr=f"job {spec.job}: {tile.label} [{short}]")
+        .set(
+            task_id=keys.task_id("edit", tile.index),
+            argsrepr=f"job {spec.job}: {tile.label} [{short}]",
+            expires=expires,
+        )
         for tile in parts
     )
     sizes = [pipeline.output_size(size) for size in plan.sizes]
@@ -96,7 +110,11 @@ def next_stage(app: TilechordCelery, spec: JobSpec, plan: Plan, stage: int) -> A
     body = (
         app.tasks[MERGE]
         .si(spec.to_json())
-        .set(task_id=keys.task_id("merge"), argsrepr=f"job {spec.job}: {len(parts)} tiles -> {merged}")
+        .set(
+            task_id=keys.task_id("merge"),
+            argsrepr=f"job {spec.job}: {len(parts)} tiles -> {merged}",
+            expires=expires,
+        )
     )
     return chord(header, body)
 
@@ -108,12 +126,14 @@ def _stats_stage(
     keys = JobKeys(spec.job)
     short = clip(str(pipeline))
     step = pipeline.steps[pipeline.global_steps[stage]]
+    expires = _expiry(app)
     header = group(
         app.tasks[STATS]
         .si(spec.job, spec.ops, stage, tile.to_json())
         .set(
             task_id=keys.task_id(f"stats{stage}", tile.index),
             argsrepr=f"job {spec.job}: histogram for {step.spec}, {tile.label} [{short}]",
+            expires=expires,
         )
         for tile in parts
     )
@@ -123,6 +143,7 @@ def _stats_stage(
         .set(
             task_id=keys.task_id(f"reduce{stage}"),
             argsrepr=f"job {spec.job}: add {len(parts)} histograms for {step.spec}",
+            expires=expires,
         )
     )
     return chord(header, body)

@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["PREFIX", "JobKeys", "new_job_id"]
+__all__ = ["PREFIX", "JobKeys", "new_job_id", "workers_key"]
 
 PREFIX = "tilechord"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -20,6 +20,16 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def workers_key(queue: str) -> str:
+    """The registry of live workers on *queue*: a sorted set, hostname -> alive-until (server time).
+
+    Outside the ``tilechord:`` job namespace on purpose: it lives as long as some worker
+    does, not as long as a job, so "no ``tilechord:*`` key left" stays true of jobs.  It
+    carries a TTL of its own and vanishes when every worker is gone.
+    """
+    return f"{PREFIX}-workers:{queue}"
 
 
 @dataclass(frozen=True)

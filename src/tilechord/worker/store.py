@@ -25,6 +25,7 @@ from ..config import redact_url, redis_ssl_options
 from ..errors import BrokerUnavailable, JobGone
 from .bulk import read_bulk
 from .keys import JobKeys
+from .liveness import count_live
 
 __all__ = ["BlobStore"]
 
@@ -70,6 +71,11 @@ class BlobStore:
     def ping(self) -> None:
         with _redis_errors(self.url):
             self.client.ping()
+
+    def live_workers(self, queue: str) -> int:
+        """Workers on *queue* that renewed their registry entry lately (see :mod:`.liveness`)."""
+        with _redis_errors(self.url):
+            return count_live(self.client, queue)
 
     # -- job life -------------------------------------------------------------------
 
