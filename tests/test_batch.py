@@ -69,6 +69,7 @@ def fifty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], li
     return folder, good, ["notes.jpg", "truncated.jpg"]
 
 
+@pytest.mark.slow
 def test_batch_of_50_with_2_corrupt_writes_48_correct_outputs_names_2_errors_and_exits_1(
     worker: WorkerPool, redis_url: str, fifty: tuple[Path, list[str], list[str]], tmp_path: Path
 ) -> None:

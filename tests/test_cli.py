@@ -65,6 +65,7 @@ def photo_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("sharpen", "3x1"),
     ],
 )
+@pytest.mark.slow
 def test_run_without_redis_matches_pillow_and_leaves_no_process(
     photo_jpeg: Path, tmp_path: Path, spec: str, grid: str
 ) -> None:
@@ -110,6 +111,7 @@ def test_run_against_configured_redis_is_served_by_a_separately_started_worker(
     assert processes_with(marker) == []  # it started nothing of its own
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_local_cluster_and_writes_nothing(photo_jpeg: Path, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     big = tmp_path / "big.png"
@@ -231,6 +233,7 @@ def _read_until(stream: IO[str], pattern: str, timeout: float) -> tuple[re.Match
     return (found[0] if found else None), "".join(seen)
 
 
+@pytest.mark.slow
 def test_up_serves_another_shell_and_ctrl_c_leaves_no_process(photo_jpeg: Path, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     proc = subprocess.Popen(

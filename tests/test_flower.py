@@ -166,6 +166,7 @@ def browse(chromium: str, url: str, *extra: str) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow
 def test_flowers_tasks_page_in_a_browser_shows_the_jobs_tasks(
     chromium: str, flower: Flower, finished_job: tuple[str, bytes], tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ def assert_identical(actual: Image.Image, expected: Image.Image) -> None:
     assert actual.info.get("transparency") == expected.info.get("transparency")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow: palette transparency as bytes
 @settings(
     max_examples=200,

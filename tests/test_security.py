@@ -156,6 +156,7 @@ def test_redis_with_a_password_url_runs_a_job(private_redis: EmbeddedRedis) -> N
     run_private_job(url, [private_redis.password])
 
 
+@pytest.mark.slow
 def test_redis_acl_user_with_only_what_celery_needs_runs_a_job(private_redis: EmbeddedRedis) -> None:
     admin = redis.Redis.from_url(private_redis.url)
     user, password = "tiler", "acl-" + secrets.token_hex(12)
