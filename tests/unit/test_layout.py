@@ -341,9 +341,12 @@ def test_test_modules_import_no_test_module_nor_conftest() -> None:
     wrong = []
     for path in _test_modules():
         for node in ast.walk(ast.parse(path.read_text())):
-            found = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found = [node.module]
+            else:
+                continue
             wrong += [f"{path.relative_to(TESTS)}:{node.lineno} imports {n}" for n in found if n in names]
     assert not wrong, "\n".join(wrong)
 
