@@ -2,9 +2,9 @@
 
 Every function makes exactly the Pillow call it names (``pillow=``, listed with the rest
 in ``docs/operations.md``), so the whole-image result is Pillow's own, with two
-deliberate refusals and one documented choice, all for the sake of tiling: ``convert``
-never dithers (to 1 and P) and refuses RGBA to P/PA (a whole-image quantization);
-kernels and rank filters refuse PA as Pillow refuses P.
+deliberate refusals and one documented choice: ``convert`` never dithers (to 1 and P)
+and refuses RGBA to P/PA (a whole-image quantization), for the sake of tiling; kernels
+and rank filters refuse PA, whose Pillow result has lost its palette (it comes out black).
 
 What makes the tiled result equal to the whole-image one is each neighbourhood
 operation's *reach*, derived from Pillow's C code in :mod:`.reach`.
@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, UnsupportedMode
 from .reach import (
     box_blur_reach,
     box_pass_reach,
@@ -42,8 +42,11 @@ MAX_RADIUS = 200
 RANK_SIZES = tuple(range(1, 16, 2))
 #: Enhancement factors: 0 degenerates fully, 1 is the identity, above 1 extrapolates.
 MAX_FACTOR = 100
-#: What the kernels and rank filters refuse, though Pillow itself only refuses P.
-PALETTE = "palette images: P (as Pillow does) and PA (Pillow would filter its palette indices)"
+#: What the kernels and rank filters refuse beyond Pillow (which refuses P itself), and why.
+PALETTE = (
+    "PA: Pillow filters its palette indices as grey levels and returns no palette, so the "
+    "result saves black; use convert:mode=RGBA first (P: Pillow refuses too)"
+)
 #: Every mode Pillow 13 can convert an image to (``Image.convert``).
 CONVERT_MODES = (
     "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
@@ -205,15 +208,22 @@ def unsharp_mask(
     return image.filter(ImageFilter.UnsharpMask(radius, percent, threshold))
 
 
-def _refuse_palette(image: Image.Image) -> None:
-    """Pillow refuses to filter P images, but not PA: its output then loses the palette.
+def _refuse_palette(op: str, image: Image.Image) -> None:
+    """Refuse PA: Pillow's filter of it is an image without colours (Pillow refuses P itself).
 
-    Filtering palette indices means nothing, and a PA tile too small for a kernel comes
-    back unfiltered *with* its palette while the others come back without, so refuse PA
-    just as Pillow refuses P.
+    ``Image.filter`` runs a kernel or rank filter on each band, the palette indices
+    as if they were grey levels, and the result has no palette: a kernel's keeps only
+    a Python copy that nothing reads, a rank filter's an empty one, so it saves and
+    converts as black (tests/unit/test_ops_pa.py checks this on Pillow).  Tiles could
+    not even equal that: one smaller than a kernel comes back unfiltered, palette and
+    all.  PA to RGBA is a pixel operation, so converting first tiles like any RGBA.
     """
     if image.mode == "PA":
-        raise ValueError("cannot filter palette images")
+        raise UnsupportedMode(
+            f"{op} cannot work on mode PA images: Pillow would filter the palette indices as "
+            "grey levels and drop the palette, leaving a black image; convert the image first, "
+            "e.g. with the step 'convert:mode=RGBA'"
+        )
 
 
 def _check_odd(op: str, size: int) -> None:
@@ -231,7 +241,7 @@ def _check_odd(op: str, size: int) -> None:
 def median(image: Image.Image, size: int = 3) -> Image.Image:
     """Remove speckle noise: each pixel becomes the median of its size x size neighbourhood."""
     _check_odd("median", size)
-    _refuse_palette(image)
+    _refuse_palette("median", image)
     return image.filter(ImageFilter.MedianFilter(size))
 
 
@@ -245,7 +255,7 @@ def median(image: Image.Image, size: int = 3) -> Image.Image:
 def min_filter(image: Image.Image, size: int = 3) -> Image.Image:
     """Grow dark areas (erode): each pixel becomes the darkest of its size x size neighbourhood."""
     _check_odd("min", size)
-    _refuse_palette(image)
+    _refuse_palette("min", image)
     return image.filter(ImageFilter.MinFilter(size))
 
 
@@ -259,7 +269,7 @@ def min_filter(image: Image.Image, size: int = 3) -> Image.Image:
 def max_filter(image: Image.Image, size: int = 3) -> Image.Image:
     """Grow light areas (dilate): each pixel becomes the lightest of its size x size neighbourhood."""
     _check_odd("max", size)
-    _refuse_palette(image)
+    _refuse_palette("max", image)
     return image.filter(ImageFilter.MaxFilter(size))
 
 
@@ -281,7 +291,7 @@ def _kernel_operation(
     size = kernel.filterargs[0][0]
 
     def apply(image: Image.Image) -> Image.Image:
-        _refuse_palette(image)
+        _refuse_palette(name, image)
         return image.filter(kernel)
 
     apply.__name__ = apply.__qualname__ = name

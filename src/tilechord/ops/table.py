@@ -95,6 +95,12 @@ _NOTES = """
 - `convert` is tilechord's own: it equals `im.convert(mode, dither=Image.Dither.NONE)`.
   Pillow's default, `im.convert(mode)`, dithers (Floyd-Steinberg) to 1 and P, carrying each
   pixel's error into the pixels after it, which no tile can reproduce.
+- The kernels (`sharpen`, `smooth`, ..., `contour`) and rank filters (`median`, `min`,
+  `max`) refuse PA images (palette plus alpha). Pillow refuses P images itself, but filters
+  PA ones band by band, the palette indices as if they were grey levels, and returns an
+  image without its palette, which saves and converts as black. Convert first:
+  `convert:mode=RGBA` works pixel by pixel, so `convert:mode=RGBA` then `sharpen` tiles like
+  any RGBA pipeline and equals `im.convert("RGBA").filter(ImageFilter.SHARPEN)`.
 - `tilechord ops` lists these and any custom operations (from `TILECHORD_PLUGINS`), with
   their parameters and reaches.
 - This file is generated: `python -m tilechord.ops.table > docs/operations.md`.
