@@ -28,8 +28,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tilechord import Settings
+from tilechord.errors import ClusterError
 from tilechord.local import (
-    ClusterError,
     EmbeddedRedis,
     LocalCluster,
     WorkerPool,

@@ -26,7 +26,7 @@ from workers import PLUGINS, tilechord_keys, worker_env
 
 import tilechord
 from tilechord import Client, Settings
-from tilechord.imaging import codec
+from tilechord.imaging import raw
 from tilechord.local import EmbeddedRedis, WorkerPool
 from tilechord.worker.keys import JobKeys
 
@@ -300,7 +300,7 @@ def test_two_hundred_small_and_twenty_large_jobs_at_once_are_all_right_and_leave
     def send(kind: str, i: int) -> tilechord.Job:
         if kind == "small":
             return client.submit(encoded(small[i], "PNG"), ["gaussian_blur:radius=1"], grid=small_grids[i])
-        return client.submit(codec.pack_raw(large[i]), ["invert"], grid=(2, 1))
+        return client.submit(raw.pack_raw(large[i]), ["invert"], grid=(2, 1))
 
     def run(share: list[tuple[str, int]]) -> list[str]:
         """Submit every job of this thread's share at once, then collect them; return the wrong ones."""
@@ -313,7 +313,7 @@ def test_two_hundred_small_and_twenty_large_jobs_at_once_are_all_right_and_leave
                 if got.size != small[i].size or got.tobytes() != expected_small[i]:
                     wrong.append(f"small {i}")
             else:
-                got, _ = codec.unpack_raw(data)
+                got, _ = raw.unpack_raw(data)
                 if got.size != large[i].size or got.tobytes() != expected_large[i]:
                     wrong.append(f"large {i}")
         return wrong

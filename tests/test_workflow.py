@@ -20,7 +20,7 @@ from reference import pillow, reference
 
 import tilechord
 from tilechord import Client
-from tilechord.imaging import codec
+from tilechord.imaging.raw import pack_raw
 
 SPECS = ["grayscale", "invert", "gaussian_blur:radius=6", "sharpen"]
 GRIDS = [(1, 1), (2, 1), (3, 1), (2, 2), (4, 3)]
@@ -131,7 +131,7 @@ def test_job_messages_of_a_24_megapixel_image_stay_under_8_kb(
     client: Client, messages: Callable[[], list[dict[str, Any]]], no_leftovers: None
 ) -> None:
     image = Image.new("RGB", (6000, 4000), (10, 120, 200))
-    job = client.submit(codec.pack_raw(image), ["invert"], grid=(2, 1))
+    job = client.submit(pack_raw(image), ["invert"], grid=(2, 1))
     job.get(timeout=120)
     deadline = time.monotonic() + 10
     seen: dict[str, int] = {}

@@ -6,7 +6,6 @@ import pytest
 
 from tilechord.config import Settings, celery_config, redact_url
 from tilechord.errors import ConfigurationError
-from tilechord.local import settings_env
 
 
 def test_settings_read_every_variable_from_the_environment() -> None:
@@ -83,4 +82,4 @@ def test_default_limits_are_safe() -> None:
 
 def test_settings_env_round_trips() -> None:
     settings = Settings(key_ttl=77, job_timeout=12.25, max_pixels=10, max_bytes=11, max_tiles=12, workers=3)
-    assert Settings.from_env(settings_env(settings)) == settings
+    assert Settings.from_env(settings.to_env()) == settings

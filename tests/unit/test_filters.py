@@ -26,7 +26,7 @@ from reference import KERNELS, PILLOW, PILLOW_REFUSALS, RANK_FILTERS, pillow, re
 
 import tilechord.ops.builtin as filters
 from tilechord.errors import InvalidParameter, UnsupportedMode
-from tilechord.imaging.geometry import Grid, tiles
+from tilechord.imaging import Grid, tiles
 from tilechord.ops import Kind, Operation, Param, Pipeline, Step, parse_pipeline, registry
 from tilechord.ops.reach import gaussian_box_radius
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tilechord.errors import InvalidGrid
-from tilechord.imaging.geometry import Grid, auto_grid, parse_grid, tiles
+from tilechord.imaging import Grid, auto_grid, parse_grid, tiles
 
 
 @given(

@@ -13,7 +13,7 @@ from PIL import Image
 from reference import pillow, reference_or_none, same_image
 
 from tilechord import UnsupportedMode
-from tilechord.imaging.geometry import Grid, tiles
+from tilechord.imaging import Grid, tiles
 from tilechord.ops import add_histograms, parse_pipeline
 
 MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")
