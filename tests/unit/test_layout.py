@@ -267,10 +267,18 @@ def test_the_modules_that_define_tasks_are_found() -> None:
     """The check below has teeth: tasks exist, are found, and making an app loads them."""
     defining = task_modules()
     assert defining, "no module defines a Celery task: the search below is broken"
-    code = "import json, sys, tilechord\ntilechord.app\nprint(json.dumps(sorted(sys.modules)))"
-    env_code = f"import os\nos.environ['TILECHORD_REDIS_URL'] = 'redis://127.0.0.1:1/0'\n{code}"
-    loaded = set(json.loads(fresh_import(env_code)[-1]))
+    code = (
+        "import json, os, sys\n"
+        "os.environ['TILECHORD_REDIS_URL'] = 'redis://127.0.0.1:1/0'\n"
+        "import tilechord\n"
+        "tilechord.app\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+        "print(len(sys.modules['celery._state']._apps))\n"
+    )
+    loaded_line, apps_line = fresh_import(code)[-2:]
+    loaded = set(json.loads(loaded_line))
     assert defining <= loaded, f"making the app did not load {sorted(defining - loaded)}"
+    assert int(apps_line) >= 1, "celery._state no longer records the apps made: the app check is blind"
 
 
 def test_import_tilechord_defines_no_task_and_makes_no_app() -> None:
