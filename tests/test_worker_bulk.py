@@ -34,8 +34,8 @@ def test_redis_py_still_has_the_internals_the_fast_read_uses(connection_client: 
         sock = getattr(conn, "_sock", None)
         buffer = getattr(getattr(conn, "_parser", None), "_buffer", None)
         assert sock is not None and hasattr(sock, "recv_into"), (
-            f"redis-py {redis.__version__}: Connection._sock is gone; tilechord.worker.bulk falls back to the "
-            "parser (3x slower for a tile): update read_bulk and the pin in pyproject.toml"
+            f"redis-py {redis.__version__}: Connection._sock is gone; tilechord.worker.bulk falls back to "
+            "the parser (3x slower for a tile): update read_bulk and the pin in pyproject.toml"
         )
         assert buffer is not None and callable(getattr(buffer, "unread_bytes", None)), (
             f"redis-py {redis.__version__}: the parser's _buffer.unread_bytes() is gone; update read_bulk"

@@ -38,7 +38,9 @@ def test_a_stored_plan_keeps_its_keys() -> None:
 
 
 def test_task_names_are_the_public_ones() -> None:
-    assert TASK_NAMES == tuple(f"tilechord.{n}" for n in ("split", "stats", "reduce", "edit", "merge", "batch"))
+    assert tuple(
+        f"tilechord.{n}" for n in ("split", "stats", "reduce", "edit", "merge", "batch")
+    ) == TASK_NAMES
 
 
 @given(
@@ -52,12 +54,17 @@ def test_job_tiles_cover_every_frame_with_the_geometry_of_tiles(
     plan = Plan(tuple(sizes))
     layout = job_tiles(spec, plan, halo)
     assert [t.index for t in layout] == list(range(len(layout))) == list(range(tile_count(spec, plan.sizes)))
-    expected = [(f, t.cut, t.box) for f, (w, h) in enumerate(sizes) for t in tiles(w, h, Grid(cols, rows), halo)]
+    expected = [
+        (f, t.cut, t.box) for f, (w, h) in enumerate(sizes) for t in tiles(w, h, Grid(cols, rows), halo)
+    ]
     assert [(t.frame, t.cut, t.box) for t in layout] == expected
     assert all(TileSpec.from_json(json.loads(json.dumps(t.to_json()))) == t for t in layout)
 
 
 def test_a_pipeline_reads_as_one_line_in_logs() -> None:
-    assert ops_text([["grayscale", {}], ["gaussian_blur", {"radius": 4}]]) == "grayscale | gaussian_blur:radius=4"
+    assert (
+        ops_text([["grayscale", {}], ["gaussian_blur", {"radius": 4}]])
+        == "grayscale | gaussian_blur:radius=4"
+    )
     assert ops_text([]) == "identity"
     assert len(ops_text([["x" * 300, {}]])) == 200
