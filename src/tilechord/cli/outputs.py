@@ -1,9 +1,11 @@
 """Where a run writes: the inputs it expands, the names it gives outputs, and how it writes them.
 
-Every fault of the output path (a missing directory, a file where a directory must be)
-is an :class:`~tilechord.errors.InvalidOutput`, raised before any job starts.  Files are
-written to a temporary file beside the target and renamed into place, so a failed or
-interrupted run never leaves a half-written file.
+Every fault of the output path (a missing directory, a file where a directory must be,
+a directory where a file must be, a directory nobody may create files in) is an
+:class:`~tilechord.errors.InvalidOutput` naming the target, raised before any job starts,
+so a mistake costs no editing.  Files are written to a temporary file beside the target
+and renamed into place, so a failed or interrupted run never leaves a half-written file;
+an error names the target, never that temporary file.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from PIL import Image
 from ..errors import InvalidImage, InvalidOutput
 
 __all__ = [
+    "batch_directory",
     "check_directory",
+    "check_targets",
+    "check_writable",
     "expand_inputs",
     "extension",
     "make_directory",
+    "names_directory",
     "plan_outputs",
     "safe_name",
     "write_atomic",
@@ -46,14 +52,84 @@ def make_directory(directory: Path) -> None:
     """Create a batch's output directory (and its parents) unless a file is in the way."""
     if directory.exists() and not directory.is_dir():
         raise InvalidOutput(f"{directory} is a file; with several inputs, -o names a directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidOutput(f"cannot create the output directory {directory}: {_reason(exc)}") from None
+
+
+def names_directory(output: str) -> bool:
+    """Whether ``-o`` *output* (as typed) is a directory: an existing one, or one ending in ``/``."""
+    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def batch_directory(output: str, count: int) -> Path:
+    """The directory a batch of *count* images writes into: *output*, unless it names a file.
+
+    ``-o single.png`` with two inputs is a mistake, not a request for a directory of that
+    name (a trailing slash asks for one): refused before anything is created.
+    """
+    path = Path(output)
+    if not names_directory(output) and not path.exists() and path.suffix.lower() in _image_suffixes():
+        raise InvalidOutput(
+            f"-o {output} names a file, but {count} images need a directory: give one "
+            f"(-o {path.with_suffix('')}/), or end it with / to make a directory of that name"
+        )
+    return path
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def check_writable(target: Path) -> None:
+    """Fail unless a file can be written at *target*: before any job, naming the target.
+
+    The directory is tried for real (a temporary file made and removed at once): modes
+    alone do not tell, for root, a read-only mount, or a filesystem like /proc.
+    """
+    directory = target.parent
+    if directory.exists() and not directory.is_dir():
+        raise InvalidOutput(f"cannot write {target}: {directory} is a file, not a directory")
+    if not directory.is_dir():
+        raise InvalidOutput(f"output directory {directory} does not exist: cannot write {target}")
+    if target.is_dir():
+        raise InvalidOutput(f"cannot write {target}: it is a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise InvalidOutput(
+            f"cannot write {target}: cannot create a file in {directory} ({_reason(exc)})"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def check_targets(targets: list[Path]) -> None:
+    """A batch's outputs: their directory takes new files, and none is a directory."""
+    for target in targets:
+        if target.is_dir():
+            raise InvalidOutput(f"cannot write {target}: it is a directory")
+    if targets:
+        check_writable(targets[0])
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write *data* to *path* through a temporary file and a rename."""
+    """Write *data* to *path* through a temporary file and a rename.
+
+    An :class:`OSError` names *path*, never the temporary file: that is all a user knows.
+    """
     directory = path.parent
     check_directory(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".part")
+    try:
+        _write_via_temporary(path, data)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def _write_via_temporary(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -79,13 +155,17 @@ def expand_inputs(args: tuple[str, ...]) -> tuple[list[Path], bool]:
 
     A directory gives its image files (by extension, hidden ones skipped, sorted), a glob
     the files it matches (for globs the shell left alone, e.g. quoted).  A missing plain
-    path is kept: its job reports it.
+    path is kept: its job reports it.  A path ending in ``/`` must be a directory: it is
+    the input that is wrong, whatever ``-o`` says.
     """
     paths: list[Path] = []
     batch = len(args) > 1
     suffixes = _image_suffixes()
     for arg in args:
         path = Path(arg)
+        if arg.endswith(("/", os.sep)) and not path.is_dir():
+            what = "is not a directory" if path.exists() else "does not exist"
+            raise InvalidImage(f"the input directory {arg} {what}")
         if path.is_dir():
             batch = True
             found = sorted(
@@ -137,21 +217,23 @@ def plan_outputs(inputs: list[Path], directory: Path, fmt: str | None) -> list[P
 
     Two inputs with the same name (``a/x.jpg`` and ``b/x.jpg``, or ``x.jpg`` and ``x.png``
     with ``--format png``) get ``x.jpg`` and ``x-2.jpg``, in the order given; an output
-    never takes the path of an input.  The extension comes from ``--format`` or the input.
+    never takes the path of an input.  The extension comes from ``--format`` or the input,
+    as the input spells it (``UPPER.JPG`` gives ``UPPER.JPG``); names that differ only in
+    case count as the same, since many filesystems (macOS, Windows) cannot hold both.
     """
     ext = extension(fmt) if fmt is not None else None
     sources = {p.resolve() for p in inputs}
     taken: set[str] = set()
     outputs = []
     for path in inputs:
-        suffix = ext if ext is not None else path.suffix.lower()
+        suffix = ext if ext is not None else path.suffix
         stem = path.stem if path.suffix else path.name
         name = safe_name(stem, suffix)
         count = 1
-        while name in taken or (directory / name).resolve() in sources:
+        while name.casefold() in taken or (directory / name).resolve() in sources:
             count += 1
             name = safe_name(f"{stem}-{count}", suffix)
-        taken.add(name)
+        taken.add(name.casefold())
         target = directory / name
         assert target.parent == directory and name not in (".", "..")
         outputs.append(target)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +15,21 @@ import click
 
 from ..client import Client, MapResult, read_source
 from ..config import Settings
-from ..errors import UnsupportedFormat
+from ..errors import InvalidOutput, UnsupportedFormat
 from ..imaging import parse_grid
 from ..imaging.encode import format_for_path, normal_format
 from ..ops import parse_pipeline
-from .outputs import check_directory, expand_inputs, make_directory, plan_outputs, write_atomic
-from .report import Report
+from .outputs import (
+    batch_directory,
+    check_targets,
+    check_writable,
+    expand_inputs,
+    make_directory,
+    names_directory,
+    plan_outputs,
+    write_atomic,
+)
+from .report import OneReport, Report
 
 __all__ = ["run"]
 
@@ -61,10 +69,10 @@ def _client(settings: Settings, workers: int | None) -> Iterator[Client]:
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: a trailing / (a directory) would not survive a Path
     help="Where to write the result; its extension picks the format (.png, .jpg, .webp ...).  "
-    "With several inputs, a directory or a glob, a directory (created if missing) that "
-    "receives <name>.<ext> for each input.",
+    "An existing directory, or a path ending in /, receives <name>.<ext> instead (created "
+    "if missing); with several inputs, a directory or a glob, -o must be such a directory.",
 )
 @click.option(
     "--op",
@@ -105,7 +113,13 @@ def _client(settings: Settings, workers: int | None) -> Iterator[Client]:
     help="Batch: tasks in flight at once (a task carries one image, or up to 64 small ones) "
     "[default: twice the workers].",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Batch: no progress output (errors still go to stderr).")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress output: no bar of tiles for one image on a terminal, no lines or bar for a "
+    "batch (errors still go to stderr).",
+)
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -114,7 +128,7 @@ def _client(settings: Settings, workers: int | None) -> Iterator[Client]:
 )
 def run(
     inputs: tuple[str, ...],
-    output: Path,
+    output: str,
     ops: tuple[str, ...],
     grid: str | None,
     fmt: str | None,
@@ -131,6 +145,10 @@ def run(
     OUTPUT/<name>.<ext> as soon as it is ready.  A failed image is reported by name and
     the others go on; the exit status is 1 if any failed.
 
+    On a terminal, one image shows a bar of tiles on stderr and ends with a line saying
+    what was written; piped or redirected, it prints nothing but errors.  An output that
+    cannot be written (a missing directory, a read-only one) is refused before any work.
+
     \b
     Examples:
       tilechord run photo.jpg -o out.png --op grayscale --op gaussian_blur:radius=4 --grid 2x1
@@ -138,32 +156,58 @@ def run(
       tilechord run 'shots/*.jpg' more.png -o edited/ --format png
     """
     paths, batch = expand_inputs(inputs)
-    if batch or output.is_dir() or str(output).endswith(("/", os.sep)):
-        _run_batch(paths, output, list(ops), grid or "auto", fmt, redis_url, workers, jobs, quiet, timeout)
+    if batch:
+        directory = batch_directory(output, len(paths))
+        _run_batch(paths, directory, list(ops), grid or "auto", fmt, redis_url, workers, jobs, quiet, timeout)
         return
-    _run_one(paths[0], output, list(ops), grid or "2x1", fmt, redis_url, workers, timeout)
+    one = _One(paths[0], Path(output), names_directory(output), fmt)
+    _run_one(one, list(ops), grid or "2x1", redis_url, workers, timeout, quiet)
+
+
+@dataclasses.dataclass(frozen=True)
+class _One:
+    """A single image's run: its input, and where (a file, or into a directory) it goes."""
+
+    input: Path
+    output: Path
+    into: bool  # -o is a directory (existing, or ending in /): write <name>.<ext> there
+    fmt: str | None
+
+    def target(self) -> tuple[Path, str | None]:
+        """The file to write and its format; into a directory, as a batch of one would."""
+        if not self.into:
+            return self.output, self.fmt or format_for_path(str(self.output))
+        fmt = normal_format(self.fmt) if self.fmt is not None else None
+        (target,) = plan_outputs([self.input], self.output, fmt)
+        return target, fmt  # None: the input's own format, as in a batch
 
 
 def _run_one(
-    input: Path,
-    output: Path,
+    one: _One,
     ops: list[str],
     grid: str,
-    fmt: str | None,
     redis_url: str | None,
     workers: int | None,
     timeout: float | None,
+    quiet: bool,
 ) -> None:
-    check_directory(output.parent)
-    out_format = fmt or format_for_path(str(output))
-    if input.resolve() == output.resolve():
-        raise UnsupportedFormat(f"refusing to overwrite the input {input}; choose another output path")
     settings = _settings(redis_url, timeout)
-    source = read_source(input, settings.max_bytes)
+    source = read_source(one.input, settings.max_bytes)  # a wrong input is said first
+    target, out_format = one.target()
+    if one.input.resolve() == target.resolve():
+        raise UnsupportedFormat(f"refusing to overwrite the input {one.input}; choose another output path")
     Client(settings).plan(source, ops, grid, out_format)  # fail before starting anything
-    with _client(settings, workers) as client:
-        data = client.process(source, ops, grid=grid, format=out_format)
-    write_atomic(output, data)
+    if one.into:
+        make_directory(one.output)
+    check_writable(target)
+    with _client(settings, workers) as client, OneReport(quiet) as report:
+        job = client.submit(source, ops, grid=grid, format=out_format)
+        data = job.get(on_progress=report.progress)
+        try:
+            write_atomic(target, data)
+        except OSError as exc:
+            raise InvalidOutput(f"cannot write {target}: {(exc.strerror or str(exc)).lower()}") from None
+        report.written(target, len(data), job.tiles)
 
 
 def _run_batch(
@@ -185,6 +229,7 @@ def _run_batch(
         parse_grid(grid, max_side=settings.max_side)
     make_directory(directory)
     targets = plan_outputs(inputs, directory, out_format)
+    check_targets(targets)
     in_flight = jobs if jobs is not None else 2 * (workers or settings.workers)
     with _client(settings, workers) as client, Report(len(inputs), quiet) as report:
         results = client.map(
@@ -207,7 +252,8 @@ def _write_result(result: MapResult, source: Path, target: Path, report: Report)
     assert result.data is not None
     try:
         write_atomic(target, result.data)
-    except OSError as exc:
-        report.error(source, f"cannot write {target}: {exc.strerror or exc}")
+    except (OSError, InvalidOutput) as exc:
+        reason = exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+        report.error(source, f"cannot write {target}: {reason}")
         return
     report.done(source, result, target)
