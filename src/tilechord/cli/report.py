@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -123,6 +124,11 @@ class OneReport:
         """``Job.get``'s ``on_progress``: tiles edited of tiles in all."""
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=total)
+
+    @property
+    def on_progress(self) -> Callable[[int, int], None] | None:
+        """What to give ``Job.get``: nothing off a terminal, where counting tiles costs round trips."""
+        return self.progress if self._bar is not None else None
 
     def written(self, target: Path, size: int, tiles: int) -> None:
         """The closing line: what was written, its size, the tiles and the time."""

@@ -202,7 +202,7 @@ def _run_one(
     check_writable(target)
     with _client(settings, workers) as client, OneReport(quiet) as report:
         job = client.submit(source, ops, grid=grid, format=out_format)
-        data = job.get(on_progress=report.progress)
+        data = job.get(on_progress=report.on_progress)
         try:
             write_atomic(target, data)
         except OSError as exc:
