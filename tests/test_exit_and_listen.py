@@ -212,7 +212,10 @@ def _up(*args: str) -> Iterator[Up]:
 
 @pytest.fixture
 def up_listen() -> Iterator[Up]:
-    yield from _up("--listen", "127.0.0.2")
+    with socket.socket() as probe:  # a port free on 127.0.0.2, as a firewall rule would name it
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    yield from _up("--listen", "127.0.0.2", "--port", str(port))
 
 
 @pytest.fixture
@@ -222,7 +225,8 @@ def up_default() -> Iterator[Up]:
 
 def test_up_listen_binds_the_address_it_prints_and_runs_a_job(up_listen: Up) -> None:
     parts = urlsplit(up_listen.url)
-    assert parts.hostname == "127.0.0.2" and parts.port is not None and parts.password
+    assert parts.hostname == "127.0.0.2" and parts.password
+    assert parts.port is not None and ["--port", str(parts.port)] == up_listen.proc.args[-2:]  # type: ignore[index]
     assert _listening(parts.port) == {"127.0.0.2"}
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", parts.port), 2):
         pass

@@ -92,7 +92,13 @@ def _announce(cluster: LocalCluster) -> None:
     callback=_address,
     help="IP address Flower listens on; beyond loopback it asks for user admin and a printed password.",
 )
-def up(workers: int | None, flower: bool, listen: str, flower_listen: str) -> None:
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Redis's port, e.g. 6379 for a firewall rule [default: a free one].",
+)
+def up(workers: int | None, flower: bool, listen: str, flower_listen: str, port: int | None) -> None:
     """Run an embedded Redis, a worker pool and Flower on this machine until Ctrl-C.
 
     Prints their addresses and the `export TILECHORD_REDIS_URL=...` line that points other
@@ -113,7 +119,13 @@ def up(workers: int | None, flower: bool, listen: str, flower_listen: str) -> No
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     cluster = LocalCluster(
-        settings, workers=workers, flower=flower, env=FLOWER_ENV, listen=listen, flower_listen=flower_listen
+        settings,
+        workers=workers,
+        flower=flower,
+        env=FLOWER_ENV,
+        listen=listen,
+        flower_listen=flower_listen,
+        port=port,
     )
     with cluster:
         _announce(cluster)

@@ -37,8 +37,8 @@ class LocalCluster:
     ``with LocalCluster(settings) as cluster: Client(cluster.settings)...``.  The workers
     get *settings* through ``TILECHORD_*`` variables (:meth:`Settings.to_env`), then
     *env* on top.  While running, the cluster is registered with :mod:`atexit`.  Redis
-    listens on *listen* and Flower on *flower_listen* (loopback both by default; see
-    :attr:`public_url` for what to give other machines).
+    listens on *listen* and *port* (a free one by default) and Flower on *flower_listen*
+    (loopback both by default; see :attr:`public_url` for what to give other machines).
     """
 
     def __init__(
@@ -52,8 +52,10 @@ class LocalCluster:
         startup_timeout: float = 60.0,
         listen: str = LOOPBACK,
         flower_listen: str = LOOPBACK,
+        port: int | None = None,
     ) -> None:
         self.listen = listen
+        self.port = port
         self.flower_listen = flower_listen
         self._base = Settings.from_env() if settings is None else settings
         self.workers = self._base.workers if workers is None else workers
@@ -126,7 +128,9 @@ class LocalCluster:
             self.redis = self.pool = self.flower = None
             atexit.register(self.stop)
             try:
-                self.redis = EmbeddedRedis(startup_timeout=min(self.startup_timeout, 30.0), bind=self.listen)
+                self.redis = EmbeddedRedis(
+                    startup_timeout=min(self.startup_timeout, 30.0), bind=self.listen, port=self.port
+                )
                 self.redis.start()
                 worker_env = {**self.settings.to_env(), **self.env}
                 self.pool = WorkerPool(
