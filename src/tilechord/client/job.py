@@ -217,7 +217,8 @@ class Job:
             )  # fmt: skip
         done, total = self.progress()
         return JobTimeout(
-            f"job {self.id} did not finish within {limit:g} s ({done}/{total} tiles edited){hint}"
+            f"job {self.id} did not finish within {limit:g} s "
+            f"({done}/{total} tile{'' if total == 1 else 's'} edited){hint}"
         )
 
     def _cleanup(self) -> None:
