@@ -4,6 +4,7 @@
 >>> data = tilechord.process("photo.jpg", ["grayscale", "gaussian_blur:radius=4"], grid=(2, 1))
 >>> for result in tilechord.map(["a.jpg", "b.png"], ["sharpen"]):  # as each finishes
 ...     print(result.source, result.error or len(result.data))
+>>> data = await tilechord.aprocess("photo.jpg", ["sharpen"])  # in a coroutine: no thread waits
 
 ``celery -A tilechord worker`` runs a worker; ``tilechord --help`` the command line.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from .client import Client, Job, MapProgress, MapResult, map, process, process_image, submit
+from .client.aio import AsyncClient, AsyncJob
+from .client.aio_facade import amap, aprocess, aprocess_image, asubmit
 from .config import Settings
 from .errors import (
     BrokerUnavailable,
@@ -40,8 +43,14 @@ __all__ = [
     "process_image",
     "submit",
     "map",
+    "aprocess",
+    "aprocess_image",
+    "asubmit",
+    "amap",
     "Client",
     "Job",
+    "AsyncClient",
+    "AsyncJob",
     "MapResult",
     "MapProgress",
     "Settings",
