@@ -8,6 +8,7 @@ connections; cancelling the awaiting task stops the job's work and deletes its k
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import subprocess
@@ -321,3 +322,29 @@ def test_module_level_functions_use_the_environments_client(redis_url: str, work
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok"), done.stdout
+
+
+# --------------------------------------------------------------------------- no worker
+
+
+async def test_no_worker_raises_no_worker_in_seconds(redis_url: str, client: Client) -> None:
+    """A Redis database no worker serves: the job cannot start, and the client says so early."""
+    base, _, db = redis_url.rpartition("/")
+    empty = f"{base}/{int(db or 0) + 1}"
+    other = redis.Redis.from_url(empty)
+    before = set(other.keys("*"))
+    settings = dataclasses.replace(client._requested, redis_url=empty, job_timeout=60)
+    lonely = Client(settings)
+    try:
+        async with AsyncClient(lonely) as ac:
+            started = time.monotonic()
+            with pytest.raises(tilechord.NoWorker, match="no live worker"):
+                await ac.aprocess(encoded(photo(64, 48), "PNG"), ["invert"])
+            assert time.monotonic() - started < 30  # well before the job timeout of 60 s
+        assert not [k for k in other.keys("tilechord:*") if k not in before]  # its keys are deleted
+    finally:
+        lonely.close()
+        left = [k for k in other.keys("*") if k not in before]  # the queued message, kombu's bindings
+        if left:
+            other.delete(*left)
+        other.close()
