@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from PIL import Image
 
 from ..config import Settings
-from ..errors import InvalidGrid, InvalidImage
+from ..errors import InvalidGrid, InvalidImage, UnsupportedMode
 from ..imaging import Grid, auto_grid, codec, parse_grid
+from ..imaging.encode import check_frames
+from ..imaging.frames import FrameInfo, inspect_frames
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import JobSpec
@@ -40,6 +42,27 @@ DEFAULT_GRID = (2, 1)
 
 def _is_auto(grid: GridSpec) -> bool:
     return isinstance(grid, str) and grid.strip().lower() == "auto"
+
+
+def _check_frames(pipeline: Pipeline, frames: tuple[FrameInfo, ...], fmt: str, source: str | None) -> str:
+    """Every frame's mode through the pipeline, and the frames it makes through the writer.
+
+    The header shows the first frame only; a later one may have another mode (a GIF's
+    RGBA frames after a palette one, a TIFF's mode F page) or size.  Each distinct mode
+    is checked once, naming the first frame of it, as Pillow would refuse that frame.
+    """
+    out_modes: dict[str, str] = {}
+    made: list[tuple[str, tuple[int, int]]] = []
+    for index, frame in enumerate(frames):
+        if frame.mode not in out_modes:
+            try:
+                out_modes[frame.mode] = pipeline.check_mode(frame.mode)
+            except UnsupportedMode as exc:
+                raise UnsupportedMode(
+                    f"frame {index + 1} of {len(frames)} of the {source} image is mode {frame.mode}: {exc}"
+                ) from None
+        made.append((out_modes[frame.mode], pipeline.output_size(frame.size)))
+    return check_frames(fmt, made)
 
 
 class Client:
@@ -118,6 +141,9 @@ class Client:
                 f"grid {chosen} makes {used.cols * used.rows} tiles, over the limit of "
                 f"{settings.max_tiles} (TILECHORD_MAX_TILES)"
             )
+        frames = codec.frame_count(info, fmt, settings.max_pixels)
+        if frames > 1 and fmt is not None:  # every frame the output holds, from the file itself
+            fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
         return pipeline, used, info, fmt
 
     def _prepare(

@@ -2,8 +2,10 @@
 
 Pure Pillow code with no Redis or Celery in it, so every piece is unit-tested alone:
 :mod:`.geometry` (grids and tiles), :mod:`.raw` (the form tiles travel in),
-:mod:`.decode` (sources in, under tilechord's pixel limit) and :mod:`.encode` (results
-out).  :mod:`.codec` re-exports the last three until every caller imports them directly.
+:mod:`.decode` (sources in, under tilechord's pixel limit), :mod:`.frames` (every frame's
+mode and size, checked before a job is sent), :mod:`.encode` (results out) and
+:mod:`.writers` (which formats Pillow really writes).  :mod:`.codec` re-exports raw,
+decode and encode until every caller imports them directly.
 """
 
 from __future__ import annotations

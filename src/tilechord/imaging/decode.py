@@ -17,28 +17,38 @@ from typing import IO, Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import ImageTooLarge, InvalidImage
+from ..errors import ImageTooLarge, InvalidImage, TilechordError
 from .raw import Data, is_raw, unpack_raw
 
 __all__ = [
     "SourceInfo",
     "Timing",
     "MULTIFRAME_FORMATS",
+    "LAYERED_FORMATS",
+    "DECODE_ERRORS",
+    "open_checked",
+    "count_frames",
+    "check_total",
+    "check_pillow_limit",
+    "over_pillow_limit",
     "inspect_source",
     "decode",
     "decode_frames",
     "frame_count",
 ]
 
-# What Pillow raises on a damaged or hostile file, depending on the plugin.
-_DECODE_ERRORS = (
+# What Pillow raises on a damaged or hostile file, depending on the plugin (its plugins
+# also assert, overflow and divide by zero on fields a fuzzer sets).
+DECODE_ERRORS = (
     OSError,
     SyntaxError,
     ValueError,
     EOFError,
-    IndexError,
-    KeyError,
+    LookupError,
     TypeError,
+    ArithmeticError,
+    AssertionError,
+    RuntimeError,
     struct.error,
     zlib.error,
     MemoryError,
@@ -46,7 +56,15 @@ _DECODE_ERRORS = (
 
 # Formats whose files Pillow writes with every frame (``save_all``).  Any other output
 # gets the first frame only, as ``Image.save`` would give it.
-MULTIFRAME_FORMATS = frozenset({"GIF", "PNG", "TIFF", "WEBP"})
+MULTIFRAME_FORMATS = frozenset({"GIF", "MPO", "PNG", "TIFF", "WEBP"})
+
+# Formats whose decoder applies Pillow's own limit as it loads a frame (TIFF allocates
+# each page at its declared size), not when it opens the file or seeks to the frame.
+CHECKS_ON_LOAD = frozenset({"TIFF"})
+
+# Formats whose ``n_frames`` counts the layers a picture is made of, not frames: the
+# file stands for its composite, one frame, as ``Image.open(...).save`` writes it.
+LAYERED_FORMATS = frozenset({"PSD"})
 
 
 @dataclass(frozen=True)
@@ -89,12 +107,11 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise InvalidImage(f"image has no pixels ({size[0]}x{size[1]})")
 
 
-def _check_frames(size: tuple[int, int], frames: int, max_pixels: int) -> None:
-    """Apply the pixel limit to all the frames a job would decode, together."""
-    pixels = size[0] * size[1] * frames
+def check_total(fmt: str | None, frames: int, pixels: int, max_pixels: int) -> None:
+    """Apply the pixel limit to the first *frames* frames a job would decode, together."""
     if pixels > max_pixels:
         raise ImageTooLarge(
-            f"the image has {frames} frames of {size[0]}x{size[1]}, {pixels:,} pixels in all, "
+            f"the first {frames} frames of the {fmt} image have {pixels:,} pixels in all, "
             f"over the limit of {max_pixels:,} (raise TILECHORD_MAX_PIXELS, or ask for a "
             "single-frame output format such as JPEG to process the first frame only)"
         )
@@ -152,7 +169,7 @@ def _try_plugin(fmt: str, fp: IO[bytes], prefix: bytes) -> ImageFile.ImageFile |
         return None
 
 
-def _over_pillow_limit(what: str, exc: Image.DecompressionBombError) -> ImageTooLarge:
+def over_pillow_limit(what: str, exc: Image.DecompressionBombError) -> ImageTooLarge:
     """The error for an image Pillow's own code refuses, past what tilechord can lift.
 
     Some decoders check ``Image.MAX_IMAGE_PIXELS`` themselves while opening, loading or
@@ -163,6 +180,22 @@ def _over_pillow_limit(what: str, exc: Image.DecompressionBombError) -> ImageToo
         f"{what}: {exc} (this is Pillow's own limit, PIL.Image.MAX_IMAGE_PIXELS, which "
         "its decoder applies itself; TILECHORD_MAX_PIXELS cannot lift it)"
     )
+
+
+def check_pillow_limit(fmt: str | None, size: tuple[int, int], what: str) -> None:
+    """Refuse from the header a frame that the decoder itself would refuse as it loads it.
+
+    Pillow's rule (``Image._decompression_bomb_check``): an error over twice
+    ``Image.MAX_IMAGE_PIXELS``, read at each call, since the program may change it.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = size[0] * size[1]
+    if fmt in CHECKS_ON_LOAD and limit is not None and pixels > 2 * limit:
+        exc = Image.DecompressionBombError(
+            f"Image size ({pixels} pixels) exceeds limit of {2 * limit} pixels, "
+            "could be decompression bomb DOS attack."
+        )
+        raise over_pillow_limit(what, exc)
 
 
 def _open(data: Data, max_pixels: int) -> Image.Image:
@@ -177,21 +210,49 @@ def _open(data: Data, max_pixels: int) -> Image.Image:
             f"(starts with {bytes(data[:8])!r}, {len(data):,} bytes)"
         ) from None
     except Image.DecompressionBombError as exc:
-        raise _over_pillow_limit("the image is too large for Pillow to open", exc) from None
-    except _DECODE_ERRORS as exc:
+        raise over_pillow_limit("the image is too large for Pillow to open", exc) from None
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"cannot read the image header: {exc}") from None
     _check_pixels(image.size, max_pixels)
     return image
 
 
+def open_checked(data: Data, max_pixels: int) -> Image.Image:
+    """The header, opened and checked against tilechord's limit (for :mod:`.frames`)."""
+    return _open(data, max_pixels)
+
+
+def count_frames(image: Image.Image) -> int:
+    """How many frames the file has, a damaged frame table refused as :class:`InvalidImage`.
+
+    Reading ``n_frames`` makes some plugins parse the whole file (a GIF's blocks, a
+    PSD's layer records), so damage anywhere in it can surface here.
+    """
+    if image.format in LAYERED_FORMATS:
+        return 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return int(getattr(image, "n_frames", 1))
+    except Image.DecompressionBombError as exc:
+        raise over_pillow_limit(f"a frame of the {image.format} image is too large for Pillow", exc) from None
+    except DECODE_ERRORS as exc:
+        raise InvalidImage(f"cannot count the frames of the {image.format} image: {exc}") from None
+
+
 def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
     """Read just the header: cheap, and enough to plan and validate a job."""
     if is_raw(data):
-        image, _ = unpack_raw(data)
+        try:
+            image, _ = unpack_raw(data)
+        except DECODE_ERRORS as exc:
+            raise InvalidImage(f"a damaged tilechord raw image: {exc}") from None
         _check_pixels(image.size, max_pixels)
         return SourceInfo(None, image.mode, image.size)
     image = _open(data, max_pixels)
-    return SourceInfo(image.format, image.mode, image.size, getattr(image, "n_frames", 1))
+    fmt = image.format
+    check_pillow_limit(fmt, image.size, f"the {fmt} image is too large for Pillow to decode")
+    return SourceInfo(fmt, image.mode, image.size, count_frames(image))
 
 
 def decode(data: Data, max_pixels: int) -> Image.Image:
@@ -203,8 +264,8 @@ def decode(data: Data, max_pixels: int) -> Image.Image:
     try:
         image.load()
     except Image.DecompressionBombError as exc:
-        raise _over_pillow_limit(f"the {fmt} image is too large for Pillow to decode", exc) from None
-    except _DECODE_ERRORS as exc:
+        raise over_pillow_limit(f"the {fmt} image is too large for Pillow to decode", exc) from None
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"the {fmt} image is damaged or truncated: {exc}") from None
     return image
 
@@ -212,12 +273,12 @@ def decode(data: Data, max_pixels: int) -> Image.Image:
 def frame_count(info: SourceInfo, fmt: str | None, max_pixels: int) -> int:
     """How many frames a job processes: all of them when the output can hold them.
 
-    The pixel limit applies to the frames together, so a small file cannot make the
-    workers decode thousands of full-size frames.
+    The pixel limit applies to the frames together (:func:`tilechord.imaging.frames.inspect_frames`
+    adds up their real sizes before anything is enqueued), so a small file cannot make
+    the workers decode thousands of full-size frames.  *max_pixels* is kept for callers.
     """
     if info.frames <= 1 or fmt not in MULTIFRAME_FORMATS:
         return 1
-    _check_frames(info.size, info.frames, max_pixels)
     return info.frames
 
 
@@ -226,20 +287,24 @@ def decode_frames(data: Data, max_pixels: int, count: int) -> tuple[list[Image.I
     image = decode(data, max_pixels)
     if count <= 1:
         return [image], Timing()
-    _check_frames(image.size, count, max_pixels)
     loop = image.info.get("loop")
     frames: list[Image.Image] = []
     durations: list[int | float | None] = []
     fmt = image.format
+    pixels = 0
     try:
         for index in range(count):
             image.seek(index)
+            pixels += image.size[0] * image.size[1]
+            check_total(fmt, index + 1, pixels, max_pixels)
             image.load()
             frames.append(image.copy())
             durations.append(image.info.get("duration"))
+    except TilechordError:
+        raise  # a limit, already said
     except Image.DecompressionBombError as exc:
         what = f"frame {len(frames) + 1} of the {fmt} image is too large for Pillow to decode"
-        raise _over_pillow_limit(what, exc) from None
-    except _DECODE_ERRORS as exc:
+        raise over_pillow_limit(what, exc) from None
+    except DECODE_ERRORS as exc:
         raise InvalidImage(f"frame {len(frames) + 1} of the {fmt} image is damaged: {exc}") from None
     return frames, Timing(tuple(durations), loop)

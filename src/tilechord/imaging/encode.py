@@ -8,6 +8,7 @@ JPEG more than one re-encode must.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image, JpegImagePlugin
@@ -15,11 +16,14 @@ from PIL import Image, JpegImagePlugin
 from ..errors import UnsupportedFormat
 from .decode import Timing
 from .raw import pack_raw
+from .writers import has_writer, modes_written, probe_frames, writable_formats
 
-__all__ = ["format_for_path", "normal_format", "check_format", "encode", "encode_frames"]
+__all__ = ["format_for_path", "normal_format", "check_format", "check_frames", "encode", "encode_frames"]
 
 #: Spellings people use that Pillow does not register as format names.
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+#: JPEG and its multi-picture form (MPO: every frame a JPEG): the same quantisation tables.
+_JPEG_FORMATS = ("JPEG", "MPO")
 
 
 def format_for_path(path: str) -> str:
@@ -27,7 +31,9 @@ def format_for_path(path: str) -> str:
     Image.init()
     ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
     fmt = Image.registered_extensions().get(ext)
-    if fmt is None or fmt not in Image.SAVE:
+    if fmt is not None and not has_writer(fmt):
+        raise UnsupportedFormat(f"Pillow has no writer for {fmt} (the format of {path!r}); {_choices()}")
+    if fmt is None:
         raise UnsupportedFormat(
             f"cannot tell an image format from {path!r}; use an extension such as "
             ".png, .jpg, .webp, .tif, .bmp or .gif"
@@ -35,18 +41,35 @@ def format_for_path(path: str) -> str:
     return fmt
 
 
+def _choices() -> str:
+    return "Pillow can write " + ", ".join(writable_formats())
+
+
 def normal_format(fmt: str) -> str:
     """Pillow's name for a format the user typed ("jpg", "tif", "png" ...).
 
     The one place that spelling is decided, so the library and the command line accept
-    and refuse the same names with the same message.
+    and refuse the same names with the same message.  A format Pillow only reads, or
+    registers with a stub writer (BUFR, GRIB, HDF5, WMF), is refused as having no writer.
     """
     Image.init()
     name = _FORMAT_ALIASES.get(fmt.upper(), fmt.upper())
-    if name not in Image.SAVE:
-        known = ", ".join(sorted(Image.SAVE))
-        raise UnsupportedFormat(f"unknown output format {fmt!r}; Pillow can write {known}")
-    return name
+    if name in Image.SAVE and has_writer(name):
+        return name
+    if name in Image.SAVE or name in Image.OPEN:
+        raise UnsupportedFormat(f"Pillow has no writer for {name}; {_choices()}")
+    raise UnsupportedFormat(f"unknown output format {fmt!r}; {_choices()}")
+
+
+def _advice(name: str) -> str:
+    """What to do about a mode *name* cannot hold: a mode it does hold, or another format."""
+    modes = modes_written(name)
+    if not modes:
+        return "pick another format (PNG and TIFF hold most modes)"
+    return (
+        f"{name} holds modes {', '.join(modes)}: add a 'convert:mode={modes[0]}' step, "
+        "or pick another format (PNG and TIFF hold most modes)"
+    )
 
 
 def check_format(fmt: str, mode: str) -> str:
@@ -56,13 +79,37 @@ def check_format(fmt: str, mode: str) -> str:
     after every tile has been processed.
     """
     name = normal_format(fmt)
-    probe = Image.new(mode, (2, 2))
     try:
-        probe.save(io.BytesIO(), name)
+        Image.new(mode, (2, 2)).save(io.BytesIO(), name)
     except (OSError, ValueError, KeyError) as exc:
+        raise UnsupportedFormat(f"{name} cannot hold a mode {mode} image ({exc}); {_advice(name)}") from None
+    return name
+
+
+def check_frames(fmt: str, frames: Sequence[tuple[str, tuple[int, int]]]) -> str:
+    """Prove that *fmt* writes an animation of these (mode, size) frames, in this order.
+
+    Each mode is checked as :func:`check_format` checks one, naming the first frame of
+    it; then the whole sequence, since some writers refuse a mix (WebP frames of
+    different sizes, a CMYK frame in a GIF).
+    """
+    name = normal_format(fmt)
+    seen: set[str] = set()
+    for index, (mode, _) in enumerate(frames):
+        if mode not in seen:
+            seen.add(mode)
+            try:
+                check_format(name, mode)
+            except UnsupportedFormat as exc:
+                raise UnsupportedFormat(f"frame {index + 1} of {len(frames)}: {exc}") from None
+    try:
+        probe_frames(name, frames)
+    except Exception as exc:  # whatever the writer raises for a sequence it refuses
+        shown = ", ".join(f"{mode} {w}x{h}" for mode, (w, h) in frames[:4])
+        more = ", ..." if len(frames) > 4 else ""
         raise UnsupportedFormat(
-            f"{name} cannot hold a mode {mode} image ({exc}); pick another format "
-            "(PNG and TIFF hold most modes) or add a 'convert:mode=RGB' step"
+            f"{name} cannot hold these {len(frames)} frames ({shown}{more}): {str(exc).rstrip('.')}; "
+            "pick another format (TIFF holds frames of any mode and size)"
         ) from None
     return name
 
@@ -99,8 +146,8 @@ def _save_options(source: Image.Image | None, image: Image.Image, fmt: str) -> d
         options["exif"] = exif
     if "dpi" in info:
         options["dpi"] = info["dpi"]
-    if fmt == "JPEG":
-        if source.format == "JPEG" and image.mode == source.mode:
+    if fmt in _JPEG_FORMATS:
+        if source.format in _JPEG_FORMATS and image.mode == source.mode:
             options["qtables"] = source.quantization  # type: ignore[attr-defined]
             sampling = JpegImagePlugin.get_sampling(source)
             if sampling != -1:
