@@ -5,7 +5,8 @@
 * 11: every frame's mode is checked before anything is enqueued: a palette GIF's later
   RGBA frames, a TIFF's mode F page.  Where every frame's mode is accepted, each frame is
   processed as Pillow processes it (its own mode and size).
-* 12: an MPO keeps both its pictures, written as MPO, equal to Pillow frame by frame.
+* 12: an MPO keeps both its pictures, written as MPO, equal to Pillow frame by frame (and
+  an AVIF sequence its frames, the other format Pillow writes with ``save_all``).
 * 13: a decompression bomb in a later frame is ``ImageTooLarge`` before enqueueing.
 * 14: a PSD whose layer records are damaged is still its composite, as Pillow reads it.
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 from images import photo
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin, features
 from procs import tilechord_cli
 from reference import pillow, reference
 from workers import PLUGINS, SUPPORT
@@ -238,6 +239,20 @@ def test_an_mpo_to_a_single_picture_format_gives_the_first_picture(
     assert len(frames) == 2  # PNG holds frames: both pictures, as an APNG of the first's size
     png = client.process(mpo(), ["mirror"], grid=(2, 1), format="JPEG")
     assert getattr(Image.open(io.BytesIO(png)), "n_frames", 1) == 1
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
+def test_an_avif_sequence_keeps_every_frame_equal_to_pillow_frame_by_frame(
+    client: Client, no_leftovers: None
+) -> None:
+    """Like MPO, a format Pillow writes with save_all: every frame, with its duration."""
+    pictures = [_palette(seed).convert("RGB") for seed in range(3)]
+    data = _saved(pictures, "AVIF", duration=[40, 50, 60])
+    out = client.process(data, ["mirror"], grid=(2, 2))
+    edited = [pillow(frame, "mirror") for frame in pillow_frames(data)]
+    expected = _saved(edited, "AVIF", duration=[40, 50, 60])
+    assert [f.info.get("duration") for f in pillow_frames(out)] == [40, 50, 60]
+    assert_same_frames(pillow_frames(out), pillow_frames(expected))
 
 
 # ------------------------------------------------------------------ 13: a bomb in a later frame

@@ -56,7 +56,7 @@ DECODE_ERRORS = (
 
 # Formats whose files Pillow writes with every frame (``save_all``).  Any other output
 # gets the first frame only, as ``Image.save`` would give it.
-MULTIFRAME_FORMATS = frozenset({"GIF", "MPO", "PNG", "TIFF", "WEBP"})
+MULTIFRAME_FORMATS = frozenset({"AVIF", "GIF", "MPO", "PNG", "TIFF", "WEBP"})
 
 # Formats whose decoder applies Pillow's own limit as it loads a frame (TIFF allocates
 # each page at its declared size), not when it opens the file or seeks to the frame.
