@@ -207,6 +207,22 @@ def test_an_animation_the_output_writer_refuses_is_refused_before_enqueueing(
     assert messages() == []
 
 
+def test_an_icns_is_checked_in_the_mode_pillow_loads_it_in(
+    client: Client, messages: Messages, no_leftovers: None
+) -> None:
+    """Its header says RGBA for every icon: an L icon is inverted as Pillow inverts it, and a
+    blur of a palette icon (which Pillow refuses) is refused before anything is enqueued."""
+    grey = _saved([photo(32, 32, mode="L", seed=7)], "ICNS")
+    loaded = Image.open(io.BytesIO(grey))
+    loaded.load()
+    out = client.process(grey, ["invert"], grid=(2, 2), format="PNG")
+    assert Image.open(io.BytesIO(out)).tobytes() == pillow(loaded, "invert").tobytes()
+    palette = _saved([_palette(2, (32, 32))], "ICNS")
+    with pytest.raises(UnsupportedMode, match=r"gaussian_blur.* mode P"):
+        client.process(palette, ["gaussian_blur:radius=1"], grid=(2, 2), format="PNG")
+    assert [m["task"] for m in messages()].count("tilechord.split") == 1  # the grey icon's job only
+
+
 # ------------------------------------------------------------------ 12: MPO
 
 

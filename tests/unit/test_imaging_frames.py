@@ -233,6 +233,17 @@ def test_plan_checks_every_frame_without_reaching_redis() -> None:
     assert client.plan(CORPUS["mpo"], ["invert"], (2, 2), None)[3] == "MPO"
 
 
+@pytest.mark.parametrize("mode", ["L", "P", "RGB", "RGBA"])
+def test_an_icns_is_inspected_in_the_mode_it_loads_in_not_its_headers(mode: str) -> None:
+    """An ICNS header says RGBA whatever the icon holds; Pillow settles the mode as it loads."""
+    data = _saved([_picture(mode, (32, 32), 1)], "ICNS")
+    assert Image.open(io.BytesIO(data)).mode == "RGBA"
+    info = inspect_source(data, LIMIT)
+    loaded = decode(data, LIMIT)
+    assert (info.mode, info.size) == (loaded.mode, loaded.size) == (mode, (1024, 1024))
+    assert inspect_frames(data, LIMIT, 1) == (FrameInfo(mode, (1024, 1024)),)
+
+
 # ------------------------------------------------------------------------- limits
 
 

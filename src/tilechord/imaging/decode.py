@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -37,22 +36,12 @@ __all__ = [
     "frame_count",
 ]
 
-# What Pillow raises on a damaged or hostile file, depending on the plugin (its plugins
-# also assert, overflow and divide by zero on fields a fuzzer sets).
-DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    LookupError,
-    TypeError,
-    ArithmeticError,
-    AssertionError,
-    RuntimeError,
-    struct.error,
-    zlib.error,
-    MemoryError,
-)
+# What Pillow raises on a damaged or hostile file: whatever its plugin's parsing trips
+# on (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, but also its
+# own assertions, an AttributeError on a half-read header, arithmetic on fields a fuzzer
+# set, MemoryError).  Caught only around Pillow's calls on the input, where any of them
+# means "Pillow cannot decode this file", and said as InvalidImage.
+DECODE_ERRORS = (Exception,)
 
 # Formats whose files Pillow writes with every frame (``save_all``).  Any other output
 # gets the first frame only, as ``Image.save`` would give it.
@@ -61,6 +50,11 @@ MULTIFRAME_FORMATS = frozenset({"AVIF", "GIF", "MPO", "PNG", "TIFF", "WEBP"})
 # Formats whose decoder applies Pillow's own limit as it loads a frame (TIFF allocates
 # each page at its declared size), not when it opens the file or seeks to the frame.
 CHECKS_ON_LOAD = frozenset({"TIFF"})
+
+# Formats whose header gives a placeholder mode, the real one settled as Pillow loads the
+# picture (an ICNS says RGBA, then loads the PNG inside it as L, P or RGB): loaded to
+# learn it, as the split will (they are small: an icon is at most 1024x1024).
+MODE_ON_LOAD = frozenset({"ICNS"})
 
 # Formats whose ``n_frames`` counts the layers a picture is made of, not frames: the
 # file stands for its composite, one frame, as ``Image.open(...).save`` writes it.
@@ -252,6 +246,9 @@ def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
     image = _open(data, max_pixels)
     fmt = image.format
     check_pillow_limit(fmt, image.size, f"the {fmt} image is too large for Pillow to decode")
+    if fmt in MODE_ON_LOAD:
+        image = decode(data, max_pixels)
+        _check_pixels(image.size, max_pixels)
     return SourceInfo(fmt, image.mode, image.size, count_frames(image))
 
 

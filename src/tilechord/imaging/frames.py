@@ -20,7 +20,7 @@ from .decode import (
     DECODE_ERRORS,
     check_pillow_limit,
     check_total,
-    decode,
+    inspect_source,
     open_checked,
     over_pillow_limit,
 )
@@ -53,8 +53,8 @@ def inspect_frames(data: Data, max_pixels: int, count: int) -> tuple[FrameInfo, 
     its end to be refused.
     """
     if is_raw(data) or count <= 1:
-        image = decode(data, max_pixels) if is_raw(data) else open_checked(data, max_pixels)
-        return (FrameInfo(image.mode, image.size),)
+        info = inspect_source(data, max_pixels)
+        return (FrameInfo(info.mode, info.size),)
     image = open_checked(data, max_pixels)
     fmt = image.format
     if fmt in _UNIFORM:
