@@ -333,7 +333,7 @@ async def test_no_worker_raises_no_worker_in_seconds(redis_url: str, client: Cli
     empty = f"{base}/{int(db or 0) + 1}"
     other = redis.Redis.from_url(empty)
     before = set(other.keys("*"))
-    settings = dataclasses.replace(client._requested, redis_url=empty, job_timeout=60)
+    settings = dataclasses.replace(client.configured, redis_url=empty, job_timeout=60)
     lonely = Client(settings)
     try:
         async with AsyncClient(lonely) as ac:
@@ -348,3 +348,16 @@ async def test_no_worker_raises_no_worker_in_seconds(redis_url: str, client: Cli
         if left:
             other.delete(*left)
         other.close()
+
+
+async def test_a_client_of_its_own_settings_awaits_through_its_own_methods(client: Client) -> None:
+    image = photo(90, 70, seed=7)
+    data = encoded(image, "PNG")
+    out = await client.aprocess(data, ["invert"], grid=(2, 2), format="PNG")
+    assert same_image(Image.open(io.BytesIO(out)), ImageOps.invert(image))
+    edited = await client.aprocess_image(image, ["invert"], grid=(3, 1))
+    assert same_image(edited, ImageOps.invert(image))
+    job = await client.asubmit(data, ["invert"], grid=(1, 2))
+    assert same_image(Image.open(io.BytesIO(await job.get())), ImageOps.invert(image))
+    results = [r async for r in client.amap([data, data], ["invert"], grid=(2, 1))]
+    assert sorted(r.index for r in results) == [0, 1] and all(r.ok for r in results)

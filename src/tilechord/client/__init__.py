@@ -1,4 +1,5 @@
-"""The client side: sources, jobs, the client and its batch scheduler, and the module-level API.
+"""The client side: sources, jobs, the client and its batch scheduler, the module-level API,
+and the asyncio face (:mod:`.aio`).
 
 Nothing here defines a Celery task: the worker's app (and its tasks) is made on a
 client's first job.
@@ -6,6 +7,8 @@ client's first job.
 
 from __future__ import annotations
 
+from .aio import AsyncClient, AsyncJob
+from .aio_facade import amap, aprocess, aprocess_image, asubmit
 from .batch import MapProgress, MapResult
 from .client import Client, GridSpec
 from .facade import map, process, process_image, submit
@@ -13,12 +16,18 @@ from .job import Job
 from .sources import Source, read_source
 
 __all__ = [
+    "AsyncClient",
+    "AsyncJob",
     "Client",
     "GridSpec",
     "Job",
     "MapProgress",
     "MapResult",
     "Source",
+    "amap",
+    "aprocess",
+    "aprocess_image",
+    "asubmit",
     "map",
     "process",
     "process_image",

@@ -301,8 +301,8 @@ class AsyncClient:
     ) -> Job:
         """In the thread pool: read and check the source, then send it (:meth:`Client.submit`)."""
         client = self.client
-        data = read_source(source, client._requested.max_bytes)
-        return client._start(client._prepare(data, pipeline, grid, format, None), timeout)
+        data = read_source(source, client.configured.max_bytes)
+        return client.start_prepared(client.prepare(data, pipeline, grid, format, None), timeout)
 
     def _submit_image(
         self, image: Image.Image, pipeline: Pipeline, grid: GridSpec, timeout: float | None
@@ -310,7 +310,9 @@ class AsyncClient:
         """In the thread pool: pack the image's pixels, check and send (:meth:`Client.process_image`)."""
         client = self.client
         image.load()
-        return client._start(client._prepare(codec.pack_raw(image), pipeline, grid, None, None), timeout)
+        return client.start_prepared(
+            client.prepare(codec.pack_raw(image), pipeline, grid, None, None), timeout
+        )
 
     async def asubmit(
         self,

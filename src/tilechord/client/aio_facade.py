@@ -16,7 +16,7 @@ from ..ops import OpSpec, Pipeline
 from .aio import AsyncClient, AsyncJob, for_client
 from .batch import MapProgressCallback, MapResult
 from .client import DEFAULT_GRID, GridSpec
-from .facade import _client
+from .facade import default_client
 from .sources import Source
 
 __all__ = ["amap", "aprocess", "aprocess_image", "asubmit"]
@@ -25,7 +25,7 @@ Ops: TypeAlias = "Iterable[OpSpec] | OpSpec | Pipeline | None"
 
 
 def _async_client() -> AsyncClient:
-    return for_client(_client())
+    return for_client(default_client())
 
 
 async def asubmit(

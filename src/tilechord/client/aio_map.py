@@ -67,7 +67,7 @@ class _AsyncMapper:
         self.reported: MapProgress | None = None
 
     async def run(self, ops: Ops, jobs: int | None) -> AsyncGenerator[MapResult, None]:
-        settings = self.client.client._requested
+        settings = self.client.client.configured
         limit = 2 * max(1, settings.workers) if jobs is None else jobs
         if limit < 1:
             raise ValueError(f"jobs must be at least 1, not {limit}")

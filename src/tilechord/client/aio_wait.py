@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from ..config import QUEUE, redact_url, redis_ssl_options
 from ..errors import BrokerUnavailable, JobGone, NoWorker, TilechordError
 from ..worker.keys import JobKeys, new_job_id
-from ..worker.store import _redis_errors
+from ..worker.store import redis_errors
 from .job import POLL, START_GRACE
 
 __all__ = ["POOL_WAIT", "AsyncStore", "Watch", "Waiter"]
@@ -63,7 +63,7 @@ class AsyncStore:
 
     async def collect(self, keys: JobKeys, want: bool) -> bytes | None:
         """The job's result (if *want*), and every key of the job deleted: two round trips."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             async with self.redis.pipeline(transaction=False) as pipe:
                 if want:
                     pipe.get(keys.result)
@@ -78,14 +78,14 @@ class AsyncStore:
 
     async def cleanup(self, keys: JobKeys) -> None:
         """Delete every key of the job (the live mark first, as :meth:`BlobStore.cleanup`)."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             await self.redis.delete(keys.live)
             members = await self.redis.smembers(keys.index)
             await self.redis.delete(*keys.fixed, *members)
 
     async def pop_done(self, keys: JobKeys) -> dict[str, Any] | None:
         """The job's end message if one is waiting, without blocking."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             item = await self.redis.lpop(keys.done)
         return None if item is None else dict(json.loads(item))  # type: ignore[arg-type]
 
@@ -179,7 +179,7 @@ class Waiter:
             keys = [self.wake_key, *self.jobs]
             self._blocked, self._woken = True, False
             try:
-                with _redis_errors(self.store.url):
+                with redis_errors(self.store.url):
                     timeout = max(0.01, next_sweep - time.monotonic())
                     item = await self.store.redis.blpop(keys, timeout=timeout)  # type: ignore[arg-type]
             finally:
@@ -197,7 +197,7 @@ class Waiter:
             return
         await asyncio.gather(*self._wakes, return_exceptions=True)
         self._pushed = False
-        with _redis_errors(self.store.url):
+        with redis_errors(self.store.url):
             await self.store.redis.delete(self.wake_key)
 
     def _deliver(self, key: str, message: dict[str, Any]) -> None:
@@ -222,7 +222,7 @@ class Waiter:
             return
         store_keys = [key for w in watches for key in (w.keys.live, w.keys.progress)]
         tasks = [task for w in watches for task in (w.keys.job_id, w.keys.task_id("merge"))]
-        with _redis_errors(self.store.url):
+        with redis_errors(self.store.url):
             found = await self.store.redis.mget(store_keys)
             metas = await self.results.mget([self.meta_key(task) for task in tasks])
         unstarted: list[Watch] = []

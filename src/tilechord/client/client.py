@@ -9,7 +9,7 @@ local cluster (embedded Redis plus a worker pool) is started on first use.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from PIL import Image
@@ -29,6 +29,7 @@ from .sources import Source, read_source
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
     from ..worker.store import BlobStore
+    from .aio import AsyncClient, AsyncJob
 
 __all__ = ["DEFAULT_GRID", "Client", "GridSpec"]
 
@@ -75,8 +76,9 @@ class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         from ..worker.app import load_plugins
 
-        self._requested = Settings.from_env() if settings is None else settings
-        load_plugins(self._requested.plugins)
+        #: the settings as given (before an embedded cluster's URL fills in :attr:`settings`)
+        self.configured = Settings.from_env() if settings is None else settings
+        load_plugins(self.configured.plugins)
         self._lock = threading.Lock()
         self._app: TilechordCelery | None = None
 
@@ -87,7 +89,7 @@ class Client:
 
         with self._lock:
             if self._app is None:
-                settings = self._requested
+                settings = self.configured
                 if settings.redis_url is None:
                     from ..local import shared_cluster
 
@@ -119,7 +121,7 @@ class Client:
     def _plan(
         self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
     ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
-        settings = self._requested
+        settings = self.configured
         info = codec.inspect_source(data, settings.max_pixels)
         fmt = format if format is not None else info.format
         key = (info.mode, fmt)
@@ -146,15 +148,25 @@ class Client:
             fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
         return pipeline, used, info, fmt
 
-    def _prepare(
-        self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
+    def prepare(
+        self,
+        data: bytes,
+        pipeline: Pipeline,
+        grid: GridSpec,
+        format: str | None,
+        checked: Checked | None = None,
     ) -> Prepared:
+        """Check a job completely (:meth:`plan`, and every frame) and count its tiles; nothing is sent.
+
+        The first half of :meth:`submit`; :meth:`start_prepared` is the second.  The async face
+        and :meth:`map` call the two apart.  *checked* caches the pipeline's checks by mode.
+        """
         pipeline, used, info, fmt = self._plan(data, pipeline, grid, format, checked)
-        frames = codec.frame_count(info, fmt, self._requested.max_pixels)
+        frames = codec.frame_count(info, fmt, self.configured.max_pixels)
         return Prepared(data, pipeline, used, info, fmt, frames)
 
-    def _start(self, job: Prepared, timeout: float | None) -> Job:
-        """Store the source and send the split; the job's keys go again if sending fails."""
+    def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
+        """Store a prepared job's source and send its split; its keys go again if sending fails."""
         from ..worker.canvas import split_signature
 
         app = self.app
@@ -167,7 +179,7 @@ class Client:
             f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "
             f"grid {job.grid}, [{job.pipeline}]"
         )
-        limit = self._requested.job_timeout if timeout is None else timeout
+        limit = self.configured.job_timeout if timeout is None else timeout
         app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
             # Expires with the wait: a split nobody waits for any more is never run.
@@ -187,8 +199,8 @@ class Client:
         timeout: float | None = None,
     ) -> Job:
         """Check the job, store the source in Redis and start the canvas; returns at once."""
-        data = read_source(source, self._requested.max_bytes)
-        return self._start(self._prepare(data, parse_pipeline(ops), grid, format, None), timeout)
+        data = read_source(source, self.configured.max_bytes)
+        return self.start_prepared(self.prepare(data, parse_pipeline(ops), grid, format, None), timeout)
 
     def process(
         self,
@@ -214,8 +226,8 @@ class Client:
         if not isinstance(image, Image.Image):
             raise InvalidImage(f"process_image takes a PIL.Image.Image, not {type(image).__name__}")
         image.load()
-        prepared = self._prepare(codec.pack_raw(image), parse_pipeline(ops), grid, None, None)
-        result, _ = codec.unpack_raw(self._start(prepared, timeout).get())
+        prepared = self.prepare(codec.pack_raw(image), parse_pipeline(ops), grid, None, None)
+        result, _ = codec.unpack_raw(self.start_prepared(prepared, timeout).get())
         return result
 
     def map(
@@ -245,7 +257,7 @@ class Client:
         :class:`MapProgress` (in this thread) whenever something changes.  Closing the
         iterator early cancels the jobs still in flight.
         """
-        settings = self._requested
+        settings = self.configured
         workers = max(1, settings.workers)
         limit = 2 * workers if jobs is None else jobs
         if limit < 1:
@@ -259,7 +271,35 @@ class Client:
                              settings.max_bytes)  # fmt: skip
         # The app is reached only when a job is sent: a map of sources that all fail their
         # checks starts no local cluster.
-        yield from Mapper(lambda: self.app, self._prepare, self._start, sources, options, on_progress).run()
+        yield from Mapper(
+            lambda: self.app, self.prepare, self.start_prepared, sources, options, on_progress
+        ).run()
+
+    # -- the asyncio face: the same jobs, awaited (see tilechord.client.aio) -----------------
+
+    def _aio(self) -> AsyncClient:
+        from .aio import for_client  # aio imports this module; imported here, no cycle
+
+        return for_client(self)
+
+    async def asubmit(self, source: Source, ops: Ops = None, **options: Any) -> AsyncJob:
+        """:meth:`submit` for an event loop: ``grid``, ``format``, ``timeout`` as there."""
+        return await self._aio().asubmit(source, ops, **options)
+
+    async def aprocess(self, source: Source, ops: Ops = None, **options: Any) -> bytes:
+        """:meth:`process` for an event loop: ``grid``, ``format``, ``timeout`` as there."""
+        return await self._aio().aprocess(source, ops, **options)
+
+    async def aprocess_image(self, image: Image.Image, ops: Ops = None, **options: Any) -> Image.Image:
+        """:meth:`process_image` for an event loop: ``grid``, ``timeout`` as there."""
+        return await self._aio().aprocess_image(image, ops, **options)
+
+    def amap(
+        self, sources: Iterable[Source] | AsyncIterable[Source], ops: Ops = None, **options: Any
+    ) -> AsyncGenerator[MapResult, None]:
+        """:meth:`map` for an event loop (``async for``): ``grid``, ``format``, ``timeout``,
+        ``jobs``, ``on_progress`` as there; every source is a job of its own."""
+        return self._aio().amap(sources, ops, **options)
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ _default_client: Client | None = None
 _default_lock = threading.Lock()
 
 
-def _client() -> Client:
+def default_client() -> Client:
     global _default_client
     with _default_lock:
         if _default_client is None:
@@ -41,7 +41,7 @@ def submit(
     timeout: float | None = None,
 ) -> Job:
     """Start a job and return its :class:`Job` at once.  See :meth:`Client.submit`."""
-    return _client().submit(source, ops, grid=grid, format=format, timeout=timeout)
+    return default_client().submit(source, ops, grid=grid, format=format, timeout=timeout)
 
 
 def process(
@@ -56,7 +56,7 @@ def process(
 
     >>> data = tilechord.process("photo.jpg", ["grayscale", "gaussian_blur:radius=4"], grid=(2, 1))
     """
-    return _client().process(source, ops, grid=grid, format=format, timeout=timeout)
+    return default_client().process(source, ops, grid=grid, format=format, timeout=timeout)
 
 
 def process_image(
@@ -67,7 +67,7 @@ def process_image(
     timeout: float | None = None,
 ) -> Image.Image:
     """Edit an in-memory PIL image on the cluster; returns a new PIL image."""
-    return _client().process_image(image, ops, grid=grid, timeout=timeout)
+    return default_client().process_image(image, ops, grid=grid, timeout=timeout)
 
 
 def map(
@@ -88,7 +88,7 @@ def map(
 
     See :meth:`Client.map`.
     """
-    return _client().map(
+    return default_client().map(
         sources,
         ops,
         grid=grid,

@@ -31,7 +31,7 @@ __all__ = ["BlobStore"]
 
 
 @contextmanager
-def _redis_errors(url: str | None) -> Iterator[None]:
+def redis_errors(url: str | None) -> Iterator[None]:
     try:
         yield
     except redis.AuthenticationError as exc:  # before ConnectionError, of which it is a subclass
@@ -69,23 +69,23 @@ class BlobStore:
         return f"BlobStore({redact_url(self.url)!r}, ttl={self.ttl})"
 
     def ping(self) -> None:
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             self.client.ping()
 
     def live_workers(self, queue: str) -> int:
         """Workers on *queue* that renewed their registry entry lately (see :mod:`.liveness`)."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             return count_live(self.client, queue)
 
     # -- job life -------------------------------------------------------------------
 
     def open_job(self, keys: JobKeys) -> None:
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             self.client.set(keys.live, b"1", ex=self.ttl)
 
     def open_jobs(self, sources: list[tuple[JobKeys, bytes]]) -> None:
         """Open several jobs and store their sources in one round trip (a batch of small ones)."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=False)
             for keys, data in sources:
                 pipe.set(keys.live, b"1", ex=self.ttl)
@@ -93,12 +93,12 @@ class BlobStore:
             pipe.execute()
 
     def is_live(self, keys: JobKeys) -> bool:
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             return bool(self.client.exists(keys.live))
 
     def cleanup(self, keys: JobKeys) -> None:
         """Delete every key of the job.  Safe to call twice, or on a job never opened."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             self.client.delete(keys.live)
             members = self.client.smembers(keys.index)
             self.client.delete(*keys.fixed, *members)
@@ -111,7 +111,7 @@ class BlobStore:
         """
         if not jobs:
             return []
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=False)
             for keys, want in jobs:
                 if want:
@@ -138,7 +138,7 @@ class BlobStore:
 
     def open_batch(self, keys: JobKeys, sources: list[bytes]) -> None:
         """Mark the batch live and store its sources, in one transaction (with their TTLs)."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=True)
             pipe.set(keys.live, b"1", ex=self.ttl)
             pipe.hset(keys.sources, mapping=dict(enumerate(sources)))  # type: ignore[arg-type]
@@ -147,7 +147,7 @@ class BlobStore:
 
     def batch_sources(self, keys: JobKeys) -> dict[int, bytes]:
         """Every source of a batch, by position; :class:`JobGone` if it was cleaned up."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             found = self.client.hgetall(keys.sources)
         if not found:
             raise JobGone(f"batch {keys.job_id} was cancelled or expired; its sources are gone")
@@ -170,7 +170,7 @@ class BlobStore:
 
     def drain(self, keys: JobKeys) -> list[dict[str, Any]]:
         """Every end message waiting on the job's list, without blocking."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=True)
             pipe.lrange(keys.done, 0, -1)
             pipe.delete(keys.done)
@@ -179,7 +179,7 @@ class BlobStore:
 
     def batch_results(self, keys: JobKeys, items: list[int], last: bool) -> list[bytes | None]:
         """Read (and free) results of a batch; with *last*, delete all the batch's keys."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=False)
             if items:
                 pipe.hmget(keys.results, items)
@@ -206,7 +206,7 @@ class BlobStore:
         )
 
     def get(self, keys: JobKeys, key: str) -> bytes:
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             data = self.client.get(key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
@@ -215,7 +215,7 @@ class BlobStore:
 
     def get_pixels(self, keys: JobKeys, key: str) -> memoryview:
         """Like :meth:`get`, for a tile's megabytes: read straight into one buffer."""
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             data = read_bulk(self.client, key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
@@ -228,14 +228,14 @@ class BlobStore:
         self._guarded(keys, lambda pipe: self._count_tile(pipe, keys), (keys.progress,), None)
 
     def tiles_done(self, keys: JobKeys) -> int:
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             return int(self.client.get(keys.progress) or 0)
 
     def tiles_done_many(self, jobs: list[JobKeys]) -> list[int]:
         """:meth:`tiles_done` of several jobs in one round trip."""
         if not jobs:
             return []
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             return [int(v or 0) for v in self.client.mget([keys.progress for keys in jobs])]
 
     def finish(self, keys: JobKeys, result: bytes, count_tile: bool = False) -> None:
@@ -271,7 +271,7 @@ class BlobStore:
         With *gone*, a write to a dead job raises :class:`JobGone` with that message, so
         the task stops; without, it is dropped quietly (counters, end notices).
         """
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
             write(pipe)
@@ -295,7 +295,7 @@ class BlobStore:
         One BLPOP over every job and batch in flight (:meth:`Client.map`); returns the
         list's key and its message.
         """
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             item = self.client.blpop(done_keys, timeout=max(0.01, timeout))
         if item is None:
             return None
@@ -310,7 +310,7 @@ class BlobStore:
         or was flushed (or the keys expired), so no task can finish the job any more, and
         waiting out the timeout would only delay the same failure.
         """
-        with _redis_errors(self.url):
+        with redis_errors(self.url):
             # BLPOP's timeout has a resolution of 0.01 s; 0 would mean forever.
             item = self.client.blpop([keys.done], timeout=max(0.01, timeout))
             if item is None and not self.client.exists(keys.live):
