@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..config import QUEUE
 from ..errors import BrokerUnavailable, InvalidImage, JobCancelled, JobGone, TilechordError, error_from_name
-from ..imaging import codec
+from ..imaging.raw import pack_raw, unpack_raw
 from ..ops import Pipeline, parse_pipeline
 from ..worker.keys import JobKeys
 from .aio_map import amap
@@ -310,9 +310,7 @@ class AsyncClient:
         """In the thread pool: pack the image's pixels, check and send (:meth:`Client.process_image`)."""
         client = self.client
         image.load()
-        return client.start_prepared(
-            client.prepare(codec.pack_raw(image), pipeline, grid, None, None), timeout
-        )
+        return client.start_prepared(client.prepare(pack_raw(image), pipeline, grid, None, None), timeout)
 
     async def asubmit(
         self,
@@ -349,7 +347,7 @@ class AsyncClient:
         pipeline = parse_pipeline(ops)
         job = await self._send(lambda: self._submit_image(image, pipeline, grid, timeout))
         data = await job.get()
-        result, _ = await in_thread(codec.unpack_raw, data)
+        result, _ = await in_thread(unpack_raw, data)
         return result
 
     def amap(

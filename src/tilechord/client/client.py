@@ -16,9 +16,11 @@ from PIL import Image
 
 from ..config import Settings
 from ..errors import InvalidGrid, InvalidImage, UnsupportedMode
-from ..imaging import Grid, auto_grid, codec, parse_grid
-from ..imaging.encode import check_frames
+from ..imaging import Grid, auto_grid, parse_grid
+from ..imaging.decode import SourceInfo, frame_count, inspect_source
+from ..imaging.encode import check_format, check_frames
 from ..imaging.frames import FrameInfo, inspect_frames
+from ..imaging.raw import pack_raw, unpack_raw
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import JobSpec
@@ -114,15 +116,15 @@ class Client:
 
     def plan(
         self, data: bytes, ops: Ops, grid: GridSpec, format: str | None
-    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
+    ) -> tuple[Pipeline, Grid, SourceInfo, str | None]:
         """Validate a job completely without enqueuing anything."""
         return self._plan(data, parse_pipeline(ops), grid, format, None)
 
     def _plan(
         self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
-    ) -> tuple[Pipeline, Grid, codec.SourceInfo, str | None]:
+    ) -> tuple[Pipeline, Grid, SourceInfo, str | None]:
         settings = self.configured
-        info = codec.inspect_source(data, settings.max_pixels)
+        info = inspect_source(data, settings.max_pixels)
         fmt = format if format is not None else info.format
         key = (info.mode, fmt)
         if checked is not None and key in checked:  # a batch: same pipeline, same mode and format
@@ -130,7 +132,7 @@ class Client:
         else:
             out_mode = pipeline.check_mode(info.mode)
             if fmt is not None:
-                fmt = codec.check_format(fmt, out_mode)
+                fmt = check_format(fmt, out_mode)
             if checked is not None:
                 checked[key] = fmt
         if _is_auto(grid):
@@ -143,7 +145,7 @@ class Client:
                 f"grid {chosen} makes {used.cols * used.rows} tiles, over the limit of "
                 f"{settings.max_tiles} (TILECHORD_MAX_TILES)"
             )
-        frames = codec.frame_count(info, fmt, settings.max_pixels)
+        frames = frame_count(info, fmt, settings.max_pixels)
         if frames > 1 and fmt is not None:  # every frame the output holds, from the file itself
             fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
         return pipeline, used, info, fmt
@@ -162,7 +164,7 @@ class Client:
         and :meth:`map` call the two apart.  *checked* caches the pipeline's checks by mode.
         """
         pipeline, used, info, fmt = self._plan(data, pipeline, grid, format, checked)
-        frames = codec.frame_count(info, fmt, self.configured.max_pixels)
+        frames = frame_count(info, fmt, self.configured.max_pixels)
         return Prepared(data, pipeline, used, info, fmt, frames)
 
     def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
@@ -226,8 +228,8 @@ class Client:
         if not isinstance(image, Image.Image):
             raise InvalidImage(f"process_image takes a PIL.Image.Image, not {type(image).__name__}")
         image.load()
-        prepared = self.prepare(codec.pack_raw(image), parse_pipeline(ops), grid, None, None)
-        result, _ = codec.unpack_raw(self.start_prepared(prepared, timeout).get())
+        prepared = self.prepare(pack_raw(image), parse_pipeline(ops), grid, None, None)
+        result, _ = unpack_raw(self.start_prepared(prepared, timeout).get())
         return result
 
     def map(

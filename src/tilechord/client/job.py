@@ -25,7 +25,7 @@ from ..errors import (
     error_from_name,
 )
 from ..imaging import Grid
-from ..imaging.codec import SourceInfo
+from ..imaging.decode import SourceInfo
 from ..ops import Pipeline
 from ..worker.keys import JobKeys
 

@@ -4,8 +4,7 @@ Pure Pillow code with no Redis or Celery in it, so every piece is unit-tested al
 :mod:`.geometry` (grids and tiles), :mod:`.raw` (the form tiles travel in),
 :mod:`.decode` (sources in, under tilechord's pixel limit), :mod:`.frames` (every frame's
 mode and size, checked before a job is sent), :mod:`.encode` (results out) and
-:mod:`.writers` (which formats Pillow really writes).  :mod:`.codec` re-exports raw,
-decode and encode until every caller imports them directly.
+:mod:`.writers` (which formats Pillow really writes).
 """
 
 from __future__ import annotations

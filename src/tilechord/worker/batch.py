@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TilechordError
-from ..imaging import codec
+from ..imaging.decode import Timing, decode
+from ..imaging.encode import encode_frames
 from ..ops import Pipeline
 from .keys import JobKeys
 from .report import failure, logger
@@ -44,9 +45,9 @@ def run_batch(
     reported = time.perf_counter()
     for item in sorted(sources):
         try:
-            image = codec.decode(sources.pop(item), app.tilechord_settings.max_pixels)
+            image = decode(sources.pop(item), app.tilechord_settings.max_pixels)
             original = image if image.format else None
-            results[item] = codec.encode_frames([pipeline.apply(image)], format, original, codec.Timing())
+            results[item] = encode_frames([pipeline.apply(image)], format, original, Timing())
             ended.append({"item": item, "ok": True})
         except Exception as exc:  # that image's own failure, reported to the client
             failed += 1

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..imaging import codec
+from ..imaging.decode import Timing
+from ..imaging.encode import encode_frames
+from ..imaging.raw import Data, join_strips, unpack_raw
 from ..ops import Pipeline
 from .canvas import job_tiles
 from .keys import JobKeys
@@ -39,7 +41,7 @@ def finish(
     the encoder needs for the metadata), or ``None`` for a raw source, which has none.
     """
     original = source if source is not None and source.format else None
-    data = codec.encode_frames(frames, spec.format, original, codec.Timing.from_json(timing))
+    data = encode_frames(frames, spec.format, original, Timing.from_json(timing))
     app.store.finish(keys, data, count_tile)
     return {
         "size": list(frames[0].size),
@@ -64,7 +66,7 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
 
 def _strips(
     app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, layout: list[TileSpec]
-) -> tuple[list[Image.Image], list[codec.Data]]:
+) -> tuple[list[Image.Image], list[Data]]:
     """A single frame cut in full-width strips (what ``grid="auto"`` gives): joined, not pasted.
 
     Returns the frame (none if the edited tiles are no such strips) and the tiles it read.
@@ -72,8 +74,8 @@ def _strips(
     if len(layout) < 2 or any(tile.frame or tile.box[0] for tile in layout):
         return [], []
     size = pipeline.output_size(layout[0].size)
-    blobs: list[codec.Data] = [app.store.get_pixels(keys, keys.edited(tile.index)) for tile in layout]
-    joined = codec.join_strips(blobs, size)
+    blobs: list[Data] = [app.store.get_pixels(keys, keys.edited(tile.index)) for tile in layout]
+    joined = join_strips(blobs, size)
     return ([], blobs) if joined is None else ([joined], blobs)
 
 
@@ -83,13 +85,13 @@ def _pasted(
     pipeline: Pipeline,
     layout: list[TileSpec],
     plan: Plan,
-    read: list[codec.Data],
+    read: list[Data],
 ) -> list[Image.Image]:
     """Each frame's edited tiles pasted onto a canvas of the output's size (*read*: already read)."""
     canvases: list[Image.Image | None] = [None] * plan.frames
     for n, tile in enumerate(layout):
         blob = read[n] if read else app.store.get_pixels(keys, keys.edited(tile.index))
-        piece, extra = codec.unpack_raw(blob)
+        piece, extra = unpack_raw(blob)
         canvas = canvases[tile.frame]
         if canvas is None:
             canvas = canvases[tile.frame] = _blank_like(piece, pipeline.output_size(tile.size))

@@ -29,7 +29,8 @@ from celery import Task
 from PIL import Image
 
 from ..errors import JobGone, TilechordError
-from ..imaging import codec
+from ..imaging.decode import decode, decode_frames, inspect_source
+from ..imaging.raw import Data, is_raw, pack_raw, unpack_raw
 from ..ops import Histogram, Pipeline, add_histograms
 from .batch import run_batch
 from .canvas import (
@@ -103,7 +104,7 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
         pipeline = Pipeline.from_json(ops)
         known = _histograms(app, keys, pipeline, tile.frame, len(pipeline.global_steps))
         out, dest = pipeline.run_tile(_piece(app, keys, tile), tile.cut, tile.box, tile.size, known)
-        app.store.put(keys, keys.edited(tile.index), codec.pack_raw(out, {"box": list(dest)}))
+        app.store.put(keys, keys.edited(tile.index), pack_raw(out, {"box": list(dest)}))
         app.store.tile_done(keys)
     return {"tile": tile.index, "box": list(dest)}
 
@@ -156,29 +157,29 @@ def bind(app: TilechordCelery) -> None:
 def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
     """A tile's input pixels: stored raw by the split, or cut here from the decoded source."""
     if tile.decode:
-        image = codec.decode(app.store.get(keys, keys.source), app.tilechord_settings.max_pixels)
+        image = decode(app.store.get(keys, keys.source), app.tilechord_settings.max_pixels)
         return image.crop(tile.cut)
-    return codec.unpack_raw(app.store.get_pixels(keys, keys.tile(tile.index)))[0]
+    return unpack_raw(app.store.get_pixels(keys, keys.tile(tile.index)))[0]
 
 
 def _cut(
-    app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline, source: codec.Data
+    app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline, source: Data
 ) -> Plan | Image.Image:
     """Lay the job out and store what its tiles need; for a job of one tile, its image."""
     max_pixels = app.tilechord_settings.max_pixels
-    if spec.frames == 1 and not codec.is_raw(source):
-        info = codec.inspect_source(source, max_pixels)  # the header only
+    if spec.frames == 1 and not is_raw(source):
+        info = inspect_source(source, max_pixels)  # the header only
         in_place = Plan(sizes=(info.size,), decode=True)
         tiles_in_all = tile_count(spec, in_place.sizes)
         if 1 < tiles_in_all <= DECODE_IN_PLACE_TILES and info.format in DECODE_IN_PLACE_FORMATS:
             app.store.put(keys, keys.plan, json.dumps(in_place.to_json()).encode())
             return in_place
-    frames, timing = codec.decode_frames(source, max_pixels, spec.frames)
-    plan = Plan(tuple(f.size for f in frames), timing.to_json(), raw=codec.is_raw(source))
+    frames, timing = decode_frames(source, max_pixels, spec.frames)
+    plan = Plan(tuple(f.size for f in frames), timing.to_json(), raw=is_raw(source))
     if tile_count(spec, plan.sizes) == 1:
         return frames[0]
     for tile in job_tiles(spec, plan, pipeline.halo):
-        app.store.put(keys, keys.tile(tile.index), codec.pack_raw(frames[tile.frame].crop(tile.cut)))
+        app.store.put(keys, keys.tile(tile.index), pack_raw(frames[tile.frame].crop(tile.cut)))
     app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return plan
 
