@@ -18,6 +18,14 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+def _one(match: re.Match[str], env: dict[str, str]) -> str:
+    name, how, text = match[1], match[2], match[3] or ""
+    value = env.get(name) or ""
+    if how == ":?" and not value:  # required: compose stops with the message
+        raise AssertionError(f"compose would stop: {name}: {text}")
+    return value or (text if how == ":-" else "")
+
+
 def substitute(arg: str, env: dict[str, str]) -> str:
-    """``${VAR:-default}`` and ``${VAR}`` as compose expands them from *env*."""
-    return re.sub(r"\$\{([A-Z_]+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or (m[2] or ""), arg)
+    """``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` as compose expands them from *env*."""
+    return re.sub(r"\$\{([A-Z_]+)(?:(:-|:\?)([^}]*))?\}", lambda m: _one(m, env), arg)
