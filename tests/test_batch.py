@@ -373,7 +373,9 @@ def test_a_worker_killed_mid_batch_still_gives_every_image_once_and_right(
 
         assert wait_for(lambda: running() is not None, timeout=30), "the batch never started"
         time.sleep(0.8)  # an image or two reported, the rest not yet
-        pid = running()
+        found: list[int] = []  # a batch may just have ended and the next not yet started: look again
+        assert wait_for(lambda: (pid := running()) is not None and not found.append(pid), timeout=30)
+        pid = found[0]
         assert pid in worker.child_pids()
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
