@@ -31,6 +31,7 @@ def _small_job_is_served(client: Client) -> None:
     assert result.tobytes() == ImageOps.invert(image).tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("no_leftovers")
 def test_cancel_stops_running_tiles_and_frees_the_workers(client: Client) -> None:
     job = client.submit(encoded(photo(1600, 1200), "PNG"), SLOW, grid=(2, 1))
@@ -50,6 +51,7 @@ def _running_edits(client: Client) -> int:
     return sum(AsyncResult(task, app=client.app).state == "STARTED" for task in ids)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("no_leftovers")
 def test_closing_map_early_stops_its_running_jobs(client: Client) -> None:
     small = photo(64, 48)
