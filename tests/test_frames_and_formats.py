@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damaged import gif_with_frame_size, gradients, pillow_frames, psd, saved
 from images import photo
 from PIL import Image, ImageOps, JpegImagePlugin, features
 from procs import tilechord_cli
@@ -35,26 +36,10 @@ from tilechord.errors import ImageTooLarge, UnsupportedFormat, UnsupportedMode
 Messages = Callable[[], list[dict[str, Any]]]
 
 
-def _saved(frames: list[Image.Image], fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    if len(frames) > 1:
-        options.update(save_all=True, append_images=frames[1:])
-    frames[0].save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
 def _palette(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
     """A palette picture with a block of index 0 (made transparent in the GIFs): no noise, so
     every process makes the same file."""
-    rgb = Image.merge(
-        "RGB",
-        (
-            Image.linear_gradient("L").resize(size),
-            Image.radial_gradient("L").resize(size),
-            Image.new("L", size, (60 * seed) % 256),
-        ),
-    )
-    picture = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=48)
+    picture = gradients(size, (60 * seed) % 256).convert("P", palette=Image.Palette.ADAPTIVE, colors=48)
     picture.paste(0, (seed * 5, 3, seed * 5 + 6, 12))
     return picture
 
@@ -62,7 +47,7 @@ def _palette(seed: int, size: tuple[int, int] = (40, 28)) -> Image.Image:
 def gif_with_transparency() -> bytes:
     """A palette GIF whose frames after the first Pillow loads as RGBA."""
     frames = [_palette(seed) for seed in range(3)]
-    return _saved(frames, "GIF", transparency=0, disposal=2, duration=[50, 60, 70], loop=0)
+    return saved(frames, "GIF", transparency=0, disposal=2, duration=[50, 60, 70], loop=0)
 
 
 def tiff_mixed() -> bytes:
@@ -73,63 +58,12 @@ def tiff_mixed() -> bytes:
         photo(30, 20, mode="L", seed=3),
         photo(16, 16, mode="P", seed=4),
     ]
-    return _saved(pages, "TIFF")
+    return saved(pages, "TIFF")
 
 
 def mpo() -> bytes:
     """Two pictures, the second smaller, as a stereo camera or a phone writes them."""
-    return _saved([photo(64, 48, seed=5), photo(32, 24, seed=6)], "MPO", quality=90)
-
-
-def psd(layer_box: tuple[int, int, int, int] = (1, 2, 4, 7), width: int = 8, height: int = 6) -> bytes:
-    """A small RGB Photoshop file with two layers (raw channels), boxes as top, left, bottom, right."""
-    be = struct.pack
-    header = b"8BPS" + be(">H", 1) + b"\0" * 6 + be(">HIIHH", 3, height, width, 8, 3)
-    records, channels = b"", b""
-    for (top, left, bottom, right), value in (((0, 0, height, width), 40), (layer_box, 200)):
-        size = max(0, (bottom - top) * (right - left))
-        records += be(">iiiiH", top, left, bottom, right, 3)
-        for cid in range(3):
-            records += be(">hI", cid, 2 + size)
-            channels += be(">H", 0) + bytes((value + 30 * cid) % 256 for _ in range(size))
-        extra = be(">II", 0, 0) + b"\x03abc"
-        records += b"8BIMnorm" + bytes((255, 0, 0, 0)) + be(">I", len(extra)) + extra
-    info = be(">h", 2) + records + channels
-    info += b"\0" * (len(info) % 2)
-    layer_mask = be(">I", len(info)) + info
-    composite = be(">H", 0) + bytes((i * 7) % 256 for i in range(3 * width * height))
-    return header + be(">II", 0, 0) + be(">I", len(layer_mask)) + layer_mask + composite
-
-
-def gif_with_frame_size(data: bytes, frame: int, width: int, height: int) -> bytes:
-    """*data* with one frame's image descriptor declaring another width and height."""
-    flags = data[10]
-    offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    descriptors = []
-    while data[offset] != 0x3B:
-        if data[offset] == 0x21:
-            offset += 2
-        else:
-            descriptors.append(offset)
-            local = data[offset + 9]
-            offset += 11 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
-        while data[offset]:
-            offset += data[offset] + 1
-        offset += 1
-    out = bytearray(data)
-    struct.pack_into("<HH", out, descriptors[frame] + 5, width, height)
-    return bytes(out)
-
-
-def pillow_frames(data: bytes) -> list[Image.Image]:
-    """Every frame as Pillow loads it, seeking from the first to the last."""
-    image = Image.open(io.BytesIO(data))
-    frames = []
-    for index in range(getattr(image, "n_frames", 1)):
-        image.seek(index)
-        image.load()
-        frames.append(image.copy())
-    return frames
+    return saved([photo(64, 48, seed=5), photo(32, 24, seed=6)], "MPO", quality=90)
 
 
 def assert_same_frames(actual: list[Image.Image], expected: list[Image.Image]) -> None:
@@ -190,7 +124,7 @@ def test_each_frame_of_a_gif_with_rgba_frames_is_processed_in_its_own_mode(
     data = gif_with_transparency()
     out = client.process(data, ["mirror"], grid=(3, 2), format="TIFF")
     edited = [pillow(f, "mirror") for f in pillow_frames(data)]
-    assert_same_frames(pillow_frames(out), pillow_frames(_saved(edited, "TIFF")))
+    assert_same_frames(pillow_frames(out), pillow_frames(saved(edited, "TIFF")))
 
 
 def test_an_animation_the_output_writer_refuses_is_refused_before_enqueueing(
@@ -199,7 +133,7 @@ def test_an_animation_the_output_writer_refuses_is_refused_before_enqueueing(
     """WebP frames must share one size; Pillow's writer refuses these pages, so tilechord does first."""
     frames = [pillow(f, "mirror") for f in pillow_frames(tiff_mixed())]
     with pytest.raises(RuntimeError):
-        _saved(frames, "WEBP")
+        saved(frames, "WEBP")
     with pytest.raises(
         UnsupportedFormat, match=r"^frame 2 of 4: WEBP cannot hold a mode F|^WEBP cannot hold these 4"
     ):
@@ -212,12 +146,12 @@ def test_an_icns_is_checked_in_the_mode_pillow_loads_it_in(
 ) -> None:
     """Its header says RGBA for every icon: an L icon is inverted as Pillow inverts it, and a
     blur of a palette icon (which Pillow refuses) is refused before anything is enqueued."""
-    grey = _saved([photo(32, 32, mode="L", seed=7)], "ICNS")
+    grey = saved([photo(32, 32, mode="L", seed=7)], "ICNS")
     loaded = Image.open(io.BytesIO(grey))
     loaded.load()
     out = client.process(grey, ["invert"], grid=(2, 2), format="PNG")
     assert Image.open(io.BytesIO(out)).tobytes() == pillow(loaded, "invert").tobytes()
-    palette = _saved([_palette(2, (32, 32))], "ICNS")
+    palette = saved([_palette(2, (32, 32))], "ICNS")
     with pytest.raises(UnsupportedMode, match=r"gaussian_blur.* mode P"):
         client.process(palette, ["gaussian_blur:radius=1"], grid=(2, 2), format="PNG")
     assert [m["task"] for m in messages()].count("tilechord.split") == 1  # the grey icon's job only
@@ -234,7 +168,7 @@ def _mpo_reference(data: bytes, steps: list[str]) -> list[Image.Image]:
         "qtables": source.quantization,  # type: ignore[attr-defined]
         "subsampling": JpegImagePlugin.get_sampling(source),
     }
-    return pillow_frames(_saved(edited, "MPO", **options))
+    return pillow_frames(saved(edited, "MPO", **options))
 
 
 def test_an_mpo_keeps_every_picture_equal_to_pillow_frame_by_frame(
@@ -263,10 +197,10 @@ def test_an_avif_sequence_keeps_every_frame_equal_to_pillow_frame_by_frame(
 ) -> None:
     """Like MPO, a format Pillow writes with save_all: every frame, with its duration."""
     pictures = [_palette(seed).convert("RGB") for seed in range(3)]
-    data = _saved(pictures, "AVIF", duration=[40, 50, 60])
+    data = saved(pictures, "AVIF", duration=[40, 50, 60])
     out = client.process(data, ["mirror"], grid=(2, 2))
     edited = [pillow(frame, "mirror") for frame in pillow_frames(data)]
-    expected = _saved(edited, "AVIF", duration=[40, 50, 60])
+    expected = saved(edited, "AVIF", duration=[40, 50, 60])
     assert [f.info.get("duration") for f in pillow_frames(out)] == [40, 50, 60]
     assert_same_frames(pillow_frames(out), pillow_frames(expected))
 
@@ -277,7 +211,7 @@ def test_an_avif_sequence_keeps_every_frame_equal_to_pillow_frame_by_frame(
 def test_a_later_gif_frame_pillow_calls_a_bomb_is_image_too_large_before_enqueueing(
     client: Client, messages: Messages, no_leftovers: None
 ) -> None:
-    data = gif_with_frame_size(_saved([_palette(s) for s in range(3)], "GIF"), 2, 65_535, 65_535)
+    data = gif_with_frame_size(saved([_palette(s) for s in range(3)], "GIF"), 2, 65_535, 65_535)
     assert Image.open(io.BytesIO(data)).size == (40, 28)  # the header is harmless
     with pytest.raises(ImageTooLarge, match=r"^frame 3 of the GIF image is too large for Pillow"):
         client.process(data, ["mirror"], grid=(2, 2))
@@ -324,7 +258,7 @@ def test_a_psd_with_damaged_layers_is_processed_as_its_composite(client: Client,
 def test_a_format_pillow_has_no_writer_for_is_said_so(
     client: Client, messages: Messages, no_leftovers: None, fmt: str
 ) -> None:
-    data = _saved([photo(20, 10, seed=1)], "PNG")
+    data = saved([photo(20, 10, seed=1)], "PNG")
     with pytest.raises(
         UnsupportedFormat, match=rf"^Pillow has no writer for {fmt.upper()}; Pillow can write"
     ) as e:
@@ -348,7 +282,7 @@ def test_the_command_line_says_pillow_has_no_writer(
     redis_url: str, tmp_path: Path, messages: Messages, no_leftovers: None
 ) -> None:
     source = tmp_path / "photo.png"
-    source.write_bytes(_saved([photo(20, 10, seed=1)], "PNG"))
+    source.write_bytes(saved([photo(20, 10, seed=1)], "PNG"))
     for args in (["-o", str(tmp_path / "out.png"), "--format", "bufr"], ["-o", str(tmp_path / "out.grib")]):
         done = tilechord_cli("run", str(source), *args, env=_cli_env(redis_url), cwd=tmp_path)
         assert done.returncode == 1, done
