@@ -286,6 +286,11 @@ class Mapper:
                     self.failed += 0 if result.ok else 1
                     self._report()
                     yield result
+        except BrokerUnavailable:
+            # Redis is gone: nothing can be revoked or deleted (kombu would spend seconds per
+            # job retrying), and the jobs' keys expire by their TTL.
+            self.flying.clear()
+            raise
         finally:
             for flight in self.flying.values():
                 with contextlib.suppress(Exception):

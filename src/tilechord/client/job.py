@@ -144,7 +144,9 @@ class Job:
                     break
         except TilechordError as exc:
             self._error = exc
-            self._abandon()
+            # Redis unreachable: a revoke could not be sent either, and kombu would spend
+            # seconds retrying it before the caller hears of the outage.
+            self._abandon(revoke=not isinstance(exc, BrokerUnavailable))
             raise
         except BaseException:  # Ctrl-C, a cancelled thread: nobody wants the rest of the work
             self._abandon()
@@ -235,7 +237,7 @@ class Job:
         ]
         return ids + [self.keys.task_id(kind, i) for kind in per_tile for i in range(self.tiles)]
 
-    def _abandon(self) -> None:
+    def _abandon(self, revoke: bool = True) -> None:
         """Stop the job's tasks, running ones too, and delete its data.
 
         Celery's revoke with ``terminate`` reaches every worker: a task not started yet is
@@ -246,8 +248,9 @@ class Job:
         (seconds, for a big median).  Should the process have moved on to another job's
         task in that instant, that task is requeued (``task_reject_on_worker_lost``).
         """
-        with contextlib.suppress(Exception):  # best effort: Redis may be gone; the keys expire anyway
-            self._app.control.revoke(self.task_ids(), terminate=True, signal="SIGKILL")
+        if revoke:
+            with contextlib.suppress(Exception):  # best effort: Redis may be gone; the keys expire anyway
+                self._app.control.revoke(self.task_ids(), terminate=True, signal="SIGKILL")
         self._cleanup()
 
     def cancel(self) -> None:
