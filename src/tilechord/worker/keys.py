@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["PREFIX", "JobKeys", "new_job_id", "workers_key"]
+__all__ = ["CHUNK_BYTES", "PREFIX", "JobKeys", "chunk_key", "new_job_id", "workers_key"]
 
 PREFIX = "tilechord"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -20,6 +20,17 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+#: The largest value tilechord stores in one Redis key; a larger one is cut into chunks.
+#: Redis refuses a value over 512 MB (``proto-max-bulk-len``), and one huge value is held
+#: whole in a buffer on each side of every read and write.
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def chunk_key(key: str, n: int) -> str:
+    """The key of chunk *n* of the value stored under *key* (see :mod:`tilechord.worker.chunks`)."""
+    return f"{key}:chunk:{n}"
 
 
 def workers_key(queue: str) -> str:
