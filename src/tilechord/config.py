@@ -111,6 +111,7 @@ _VARIABLES: tuple[_Variable, ...] = (
     _Variable("result_url", "TILECHORD_RESULT_URL", _read_url, lambda url: url or ""),
     _Variable("key_ttl", "TILECHORD_KEY_TTL", _read_whole(10), str),
     _Variable("job_timeout", "TILECHORD_JOB_TIMEOUT", _float, lambda s: repr(float(s))),  # repr: exact
+    _Variable("lease", "TILECHORD_LEASE", _float, lambda s: repr(float(s))),
     _Variable("max_pixels", "TILECHORD_MAX_PIXELS", _read_whole(1), str),
     _Variable("max_bytes", "TILECHORD_MAX_BYTES", _read_whole(1), str),
     _Variable("max_tiles", "TILECHORD_MAX_TILES", _read_whole(1), str),
@@ -132,6 +133,10 @@ class Settings:
     result_url: str | None = field(default=None, repr=False)
     key_ttl: int = 3600
     job_timeout: float = 600.0
+    #: Seconds a task's claim on its message lasts unrenewed: a worker renews the claims of
+    #: the messages it holds every lease/5 s, so a worker that dies, freezes or is cut off
+    #: loses its tiles to another worker this long after its last renewal.
+    lease: float = 10.0
     max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold
     max_bytes: int = 512 * 1024 * 1024
     max_tiles: int = 256
@@ -198,13 +203,31 @@ def redis_ssl_options(url: str) -> dict[str, Any]:
     return {} if options is None else options
 
 
+#: Seconds between the sweeps in which each worker requeues messages whose lease ran out,
+#: and the seconds for which one sweeper holds kombu's sweep lock (a sweeper that dies
+#: holding it blocks the others no longer than that).
+SWEEP_EVERY = 1
+SWEEP_LOCK = 5
+
+#: Socket timeouts: a worker cut off from Redis (packets dropped, no reset) notices within
+#: seconds instead of waiting for TCP to give up, and an idle connection is checked with
+#: a PING before it is used again.
+SOCKET_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+HEALTH_CHECK = 2
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours.  The only place they are chosen.
 
     The reliability settings answer Celery's defaults that lose or hang chords: late
-    acknowledgement plus requeue on worker loss re-runs a tile whose worker was killed
-    (tasks write deterministic keys, so a repeat is harmless), and a visibility timeout
-    just above the job timeout redelivers a message whose worker vanished with it.
+    acknowledgement plus requeue on worker loss re-runs a tile whose worker process was
+    killed (tasks write deterministic keys, so a repeat is harmless).  A message whose
+    worker machine vanished with it (killed, frozen, cut off) comes back through kombu's
+    visibility timeout, used here as a lease: it is :attr:`Settings.lease` seconds, far
+    below a long tile's time, and each worker renews the lease of every message it holds
+    (:mod:`tilechord.worker.lease`), so only a message whose holder stopped renewing it is
+    requeued, by any live worker's sweep, within about a second of expiring.
     """
     if settings.redis_url is None:
         raise ConfigurationError(
@@ -213,7 +236,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         )
     backend = settings.backend_url
     assert backend is not None
-    visibility = int(settings.job_timeout) + 60
     conf: dict[str, Any] = {
         "broker_url": settings.redis_url,
         "result_backend": backend,
@@ -233,15 +255,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
-            "visibility_timeout": visibility,
-            "health_check_interval": 10,
+            "visibility_timeout": settings.lease,
+            "unacked_restore_interval": SWEEP_EVERY,
+            "unacked_restore_throttle": 1,  # scan on every sweep, not every tenth
+            "unacked_mutex_expire": SWEEP_LOCK,
+            "health_check_interval": HEALTH_CHECK,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_keepalive": True,
         },
-        "result_backend_transport_options": {"health_check_interval": 10},
+        "result_backend_transport_options": {"health_check_interval": HEALTH_CHECK},
+        "redis_socket_timeout": SOCKET_TIMEOUT,
+        "redis_socket_connect_timeout": CONNECT_TIMEOUT,
         "redis_socket_keepalive": True,
-        "redis_backend_health_check_interval": 10,
+        "redis_backend_health_check_interval": HEALTH_CHECK,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_consumer": "tilechord.worker.lease:Consumer",  # reconnects within a second
     }
     broker_ssl = _ssl_options(settings.redis_url)
     if broker_ssl is not None:

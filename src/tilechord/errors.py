@@ -12,6 +12,7 @@ __all__ = [
     "TilechordError",
     "ConfigurationError",
     "ClusterError",
+    "RedisUnreachable",
     "BrokerUnavailable",
     "InvalidImage",
     "ImageTooLarge",
@@ -44,6 +45,14 @@ class ClusterError(TilechordError, RuntimeError):
 
 class BrokerUnavailable(TilechordError, ConnectionError):
     """Redis could not be reached, or went away while a job was running."""
+
+
+class RedisUnreachable(BrokerUnavailable):
+    """Redis did not answer (refused, reset or timed out) through every retry: an outage.
+
+    Unlike a refused password or command, it may pass: a task that meets it hands its
+    message back instead of failing the job (another worker, or this one later, runs it).
+    """
 
 
 class InvalidImage(TilechordError, ValueError):
@@ -113,6 +122,7 @@ _BY_NAME: dict[str, type[TilechordError]] = {
         ConfigurationError,
         ClusterError,
         BrokerUnavailable,
+        RedisUnreachable,
         InvalidImage,
         ImageTooLarge,
         UnsupportedFormat,

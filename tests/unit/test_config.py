@@ -58,8 +58,26 @@ def test_celery_speaks_json_only_and_requeues_tiles_of_lost_workers() -> None:
     assert conf["task_serializer"] == conf["result_serializer"] == "json"
     assert conf["accept_content"] == conf["result_accept_content"] == ["json"]
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
-    assert conf["broker_transport_options"]["visibility_timeout"] > 100
     assert conf["result_expires"] == Settings().key_ttl
+
+
+def test_a_lost_workers_messages_come_back_after_the_lease_not_the_job_timeout() -> None:
+    conf = celery_config(Settings(redis_url="redis://localhost:6379/0", job_timeout=600, lease=7.5))
+    transport = conf["broker_transport_options"]
+    assert transport["visibility_timeout"] == 7.5  # renewed by every worker (worker/lease.py)
+    assert transport["unacked_restore_interval"] * transport["unacked_restore_throttle"] <= 1
+    assert transport["unacked_mutex_expire"] < 7.5
+    assert transport["socket_timeout"] and transport["health_check_interval"] <= 5
+    assert conf["worker_consumer"] == "tilechord.worker.lease:Consumer"
+
+
+def test_the_lease_is_read_from_the_environment_and_written_back() -> None:
+    settings = Settings.from_env({"TILECHORD_LEASE": "4.5"})
+    assert settings.lease == 4.5
+    assert Settings.from_env(settings.to_env()).lease == 4.5
+    assert Settings().lease == 10.0
+    with pytest.raises(ConfigurationError, match="TILECHORD_LEASE"):
+        Settings.from_env({"TILECHORD_LEASE": "soon"})
 
 
 def test_rediss_urls_verify_certificates_by_default() -> None:

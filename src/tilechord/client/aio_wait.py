@@ -21,12 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 
-from ..config import QUEUE, redact_url, redis_ssl_options
+from ..config import CONNECT_TIMEOUT, HEALTH_CHECK, QUEUE, SOCKET_TIMEOUT, redact_url, redis_ssl_options
 from ..errors import BrokerUnavailable, JobGone, NoWorker, TilechordError
 from ..worker.keys import JobKeys, new_job_id
-from ..worker.store import redis_errors
+from ..worker.store import RETRIES, redis_errors
 from .job import POLL, START_GRACE
 
 __all__ = ["POOL_WAIT", "AsyncStore", "Watch", "Waiter"]
@@ -40,10 +43,12 @@ def _pool(url: str, max_connections: int) -> aioredis.Redis:
         url,
         max_connections=max_connections,
         timeout=POOL_WAIT,
-        socket_timeout=60,  # above any BLPOP's own timeout (at most POLL)
-        socket_connect_timeout=10,
+        socket_timeout=SOCKET_TIMEOUT,  # above any BLPOP's own timeout (at most POLL)
+        socket_connect_timeout=CONNECT_TIMEOUT,
         socket_keepalive=True,
-        health_check_interval=10,
+        health_check_interval=HEALTH_CHECK,
+        retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         **redis_ssl_options(url),
     )
     return aioredis.Redis(connection_pool=pool)

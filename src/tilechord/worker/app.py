@@ -17,6 +17,7 @@ from celery.backends.redis import RedisBackend
 
 from ..config import Settings, celery_config
 from ..errors import ConfigurationError
+from .lease import LeaseRenewal
 from .liveness import Liveness
 from .store import BlobStore
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> TilechordCelery:
     assert settings.redis_url is not None  # celery_config has checked
     app.store = BlobStore(settings.redis_url, settings.key_ttl)
     app.steps["worker"].add(Liveness)  # a worker on this app keeps itself in the registry
+    app.steps["consumer"].add(LeaseRenewal)  # ... and the leases of the messages it holds
     bind(app)
     return app
 

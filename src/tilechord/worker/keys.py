@@ -104,7 +104,7 @@ class JobKeys:
     def fixed(self) -> tuple[str, ...]:
         """Every key of the job whose name is known without its index set."""
         return (self.live, self.index, self.source, self.plan, self.result, self.done, self.progress,
-                self.sources, self.results)  # fmt: skip
+                self.finished, self.runs, self.sources, self.results)  # fmt: skip
 
     @property
     def done(self) -> str:
@@ -113,8 +113,18 @@ class JobKeys:
 
     @property
     def progress(self) -> str:
-        """A counter of tiles edited so far."""
+        """How many tiles are edited so far: the size of :attr:`finished`, as a plain counter."""
         return self._key("progress")
+
+    @property
+    def finished(self) -> str:
+        """A set of the tiles edited so far: a tile edited twice (a re-run) counts once."""
+        return self._key("finished")
+
+    @property
+    def runs(self) -> str:
+        """A list of ``{"task", "host"}``, one per task started: which worker ran what, re-runs too."""
+        return self._key("runs")
 
     def task_id(self, task: str, index: int | None = None) -> str:
         """Deterministic Celery task ids, so every task of a job is found from its id."""

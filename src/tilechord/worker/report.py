@@ -3,6 +3,12 @@
 The client turns ``{"error": name, "message": text}`` back into the same
 :class:`~tilechord.errors.TilechordError` subclass (:func:`~tilechord.errors.error_from_name`),
 so a bad tile raises at the caller what a bad header would have.
+
+Two endings are not the job's failure.  A job that is gone (cancelled, timed out, lost
+with a Redis restart) ends its task with Celery's ``Ignore``: nobody waits, and a chord
+must not count a tile of a dead job.  Redis unreachable through every retry ends it with
+``Reject(requeue=True)``: the message goes back to the queue (or, Redis still away, stays
+in kombu's unacked hash until its lease lapses), and a worker runs it once Redis answers.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 
-from ..errors import JobGone, TilechordError
+from ..errors import JobGone, RedisUnreachable, TilechordError
 from .keys import JobKeys
 
 if TYPE_CHECKING:
@@ -43,9 +50,14 @@ def reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
+    except (Ignore, Reject, Retry):
+        raise
     except JobGone:
         logger.info("job %s: %s skipped, the job was cancelled or expired", keys.job_id, what)
-        raise
+        raise Ignore() from None
+    except RedisUnreachable as exc:
+        logger.warning("job %s: %s handed back, to run again once Redis answers: %s", keys.job_id, what, exc)
+        raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
         name, message = failure(exc, f"{what} of job {keys.job_id}")
         logger.warning("job %s: %s failed: %s", keys.job_id, what, message)

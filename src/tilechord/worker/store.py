@@ -13,25 +13,51 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
 from redis.exceptions import NoPermissionError
+from redis.retry import Retry
 
-from ..config import redact_url, redis_ssl_options
-from ..errors import BrokerUnavailable, JobGone
+from ..config import CONNECT_TIMEOUT, HEALTH_CHECK, SOCKET_TIMEOUT, redact_url, redis_ssl_options
+from ..errors import BrokerUnavailable, JobGone, RedisUnreachable
 from .bulk import read_bulk
 from .keys import JobKeys
 from .liveness import count_live
 
-__all__ = ["BlobStore"]
+__all__ = ["RETRIES", "BlobStore", "redis_errors", "retry_policy"]
+
+#: Retries of a command whose connection failed or timed out, with back-off (0.1, 0.2,
+#: 0.4, 0.8, 1, 1 s: about 3.5 s in all), before :class:`RedisUnreachable`: a dropped
+#: connection or a Redis failover costs a pause, not a job.  Every write is idempotent
+#: (SET of a derived key, a set's member, a counter rebuilt from a set), so a command
+#: retried after it had in fact run changes nothing.
+RETRIES = 6
+
+
+def retry_policy() -> Retry:
+    """redis-py's own retry, as every tilechord connection uses it."""
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES)
+
+
+# KEYS[1] the finished set, KEYS[2] the progress counter; ARGV[1] the tile, ARGV[2] the TTL.
+# The counter is the set's size: a tile edited twice (a re-run after its worker was lost)
+# counts once, and readers keep a plain GET / MGET of the counter.
+_COUNT_TILE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], redis.call('SCARD', KEYS[1]), 'EX', ARGV[2])
+"""
 
 
 @contextmanager
-def redis_errors(url: str | None) -> Iterator[None]:
+def redis_errors(url: str | None, since: float | None = None) -> Iterator[None]:
+    """Turn redis-py's errors into tilechord's; *since*: when Redis last answered (``time.time()``)."""
     try:
         yield
     except redis.AuthenticationError as exc:  # before ConnectionError, of which it is a subclass
@@ -39,7 +65,11 @@ def redis_errors(url: str | None) -> Iterator[None]:
     except NoPermissionError as exc:
         raise BrokerUnavailable(f"Redis at {redact_url(url)} denied a command to this user: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        when = ""
+        if since is not None:
+            stamp = time.strftime("%H:%M:%S", time.localtime(since))
+            when = f" since {stamp} ({time.time() - since:.1f} s, {RETRIES} retries)"
+        raise RedisUnreachable(f"Redis at {redact_url(url)} unreachable{when}: {exc}") from None
 
 
 class BlobStore:
@@ -48,6 +78,7 @@ class BlobStore:
         self.ttl = ttl
         self._pid = -1
         self._client: redis.Redis | None = None
+        self.answered = time.time()  # when Redis last answered us, for "unreachable since"
 
     @property
     def client(self) -> redis.Redis:
@@ -55,11 +86,12 @@ class BlobStore:
         if self._client is None or self._pid != os.getpid():
             self._client = redis.Redis.from_url(
                 self.url,
-                socket_timeout=60,
-                socket_connect_timeout=10,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_keepalive=True,
-                health_check_interval=10,
-                retry_on_timeout=False,
+                health_check_interval=HEALTH_CHECK,
+                retry=retry_policy(),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
                 **redis_ssl_options(self.url),
             )
             self._pid = os.getpid()
@@ -68,24 +100,31 @@ class BlobStore:
     def __repr__(self) -> str:
         return f"BlobStore({redact_url(self.url)!r}, ttl={self.ttl})"
 
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """:func:`redis_errors`, remembering when Redis last answered, for the error's "since"."""
+        with redis_errors(self.url, self.answered):
+            yield
+        self.answered = time.time()
+
     def ping(self) -> None:
-        with redis_errors(self.url):
+        with self._errors():
             self.client.ping()
 
     def live_workers(self, queue: str) -> int:
         """Workers on *queue* that renewed their registry entry lately (see :mod:`.liveness`)."""
-        with redis_errors(self.url):
+        with self._errors():
             return count_live(self.client, queue)
 
     # -- job life -------------------------------------------------------------------
 
     def open_job(self, keys: JobKeys) -> None:
-        with redis_errors(self.url):
+        with self._errors():
             self.client.set(keys.live, b"1", ex=self.ttl)
 
     def open_jobs(self, sources: list[tuple[JobKeys, bytes]]) -> None:
         """Open several jobs and store their sources in one round trip (a batch of small ones)."""
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=False)
             for keys, data in sources:
                 pipe.set(keys.live, b"1", ex=self.ttl)
@@ -93,12 +132,12 @@ class BlobStore:
             pipe.execute()
 
     def is_live(self, keys: JobKeys) -> bool:
-        with redis_errors(self.url):
+        with self._errors():
             return bool(self.client.exists(keys.live))
 
     def cleanup(self, keys: JobKeys) -> None:
         """Delete every key of the job.  Safe to call twice, or on a job never opened."""
-        with redis_errors(self.url):
+        with self._errors():
             self.client.delete(keys.live)
             members = self.client.smembers(keys.index)
             self.client.delete(*keys.fixed, *members)
@@ -111,7 +150,7 @@ class BlobStore:
         """
         if not jobs:
             return []
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=False)
             for keys, want in jobs:
                 if want:
@@ -138,7 +177,7 @@ class BlobStore:
 
     def open_batch(self, keys: JobKeys, sources: list[bytes]) -> None:
         """Mark the batch live and store its sources, in one transaction (with their TTLs)."""
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.set(keys.live, b"1", ex=self.ttl)
             pipe.hset(keys.sources, mapping=dict(enumerate(sources)))  # type: ignore[arg-type]
@@ -147,7 +186,7 @@ class BlobStore:
 
     def batch_sources(self, keys: JobKeys) -> dict[int, bytes]:
         """Every source of a batch, by position; :class:`JobGone` if it was cleaned up."""
-        with redis_errors(self.url):
+        with self._errors():
             found = self.client.hgetall(keys.sources)
         if not found:
             raise JobGone(f"batch {keys.job_id} was cancelled or expired; its sources are gone")
@@ -170,7 +209,7 @@ class BlobStore:
 
     def drain(self, keys: JobKeys) -> list[dict[str, Any]]:
         """Every end message waiting on the job's list, without blocking."""
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.lrange(keys.done, 0, -1)
             pipe.delete(keys.done)
@@ -179,7 +218,7 @@ class BlobStore:
 
     def batch_results(self, keys: JobKeys, items: list[int], last: bool) -> list[bytes | None]:
         """Read (and free) results of a batch; with *last*, delete all the batch's keys."""
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=False)
             if items:
                 pipe.hmget(keys.results, items)
@@ -206,7 +245,7 @@ class BlobStore:
         )
 
     def get(self, keys: JobKeys, key: str) -> bytes:
-        with redis_errors(self.url):
+        with self._errors():
             data = self.client.get(key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
@@ -215,7 +254,7 @@ class BlobStore:
 
     def get_pixels(self, keys: JobKeys, key: str) -> memoryview:
         """Like :meth:`get`, for a tile's megabytes: read straight into one buffer."""
-        with redis_errors(self.url):
+        with self._errors():
             data = read_bulk(self.client, key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
@@ -223,19 +262,50 @@ class BlobStore:
 
     # -- signalling -----------------------------------------------------------------
 
-    def tile_done(self, keys: JobKeys) -> None:
-        """Count an edited tile, for a live job only (a straggler must not leave a counter)."""
-        self._guarded(keys, lambda pipe: self._count_tile(pipe, keys), (keys.progress,), None)
+    def tile_done(self, keys: JobKeys, tile: int) -> None:
+        """Count an edited tile, once however often it ran, for a live job only."""
+        self._guarded(
+            keys, lambda pipe: self._count_tile(pipe, keys, tile), (keys.progress, keys.finished), None
+        )
+
+    def started(self, keys: JobKeys, task: str, host: str) -> None:
+        """Record that *host* started *task* of a live job (:class:`JobGone` if it is not)."""
+
+        def write(pipe: Pipeline) -> None:
+            pipe.rpush(keys.runs, json.dumps({"task": task, "host": host}))
+            pipe.expire(keys.runs, self.ttl)
+
+        self._guarded(
+            keys, write, (keys.runs,), f"job {keys.job_id} was cancelled or expired; skipped {task}"
+        )
+
+    def runs(self, keys: JobKeys) -> list[dict[str, str]]:
+        """Every task start of the job so far, in order (see :meth:`started`)."""
+        with self._errors():
+            items = self.client.lrange(keys.runs, 0, -1)
+        return [json.loads(item) for item in items]
+
+    def missing(self, keys: JobKeys, names: list[str]) -> list[str]:
+        """Those of *names* not stored (yet); :class:`JobGone` if the job itself is gone."""
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(keys.live)
+            for name in names:
+                pipe.exists(name)
+            live, *found = pipe.execute()
+        if not live:
+            raise JobGone(f"job {keys.job_id} was cancelled or expired")
+        return [name for name, there in zip(names, found, strict=True) if not there]
 
     def tiles_done(self, keys: JobKeys) -> int:
-        with redis_errors(self.url):
+        with self._errors():
             return int(self.client.get(keys.progress) or 0)
 
     def tiles_done_many(self, jobs: list[JobKeys]) -> list[int]:
         """:meth:`tiles_done` of several jobs in one round trip."""
         if not jobs:
             return []
-        with redis_errors(self.url):
+        with self._errors():
             return [int(v or 0) for v in self.client.mget([keys.progress for keys in jobs])]
 
     def finish(self, keys: JobKeys, result: bytes, count_tile: bool = False) -> None:
@@ -248,10 +318,10 @@ class BlobStore:
         def write(pipe: Pipeline) -> None:
             pipe.set(keys.result, result, ex=self.ttl)
             if count_tile:
-                self._count_tile(pipe, keys)
+                self._count_tile(pipe, keys, 0)
             self._push_done(pipe, keys, {"ok": True})
 
-        self._guarded(keys, write, (keys.result, keys.index, keys.progress, keys.done),
+        self._guarded(keys, write, (keys.result, keys.index, keys.progress, keys.finished, keys.done),
                       f"job {keys.job_id} was cancelled or expired; dropped its result")  # fmt: skip
 
     def notify(self, keys: JobKeys, message: dict[str, Any]) -> None:
@@ -271,7 +341,7 @@ class BlobStore:
         With *gone*, a write to a dead job raises :class:`JobGone` with that message, so
         the task stops; without, it is dropped quietly (counters, end notices).
         """
-        with redis_errors(self.url):
+        with self._errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
             write(pipe)
@@ -285,9 +355,8 @@ class BlobStore:
         pipe.rpush(keys.done, json.dumps(message))
         pipe.expire(keys.done, self.ttl)
 
-    def _count_tile(self, pipe: Pipeline, keys: JobKeys) -> None:
-        pipe.incr(keys.progress)
-        pipe.expire(keys.progress, self.ttl)
+    def _count_tile(self, pipe: Pipeline, keys: JobKeys, tile: int) -> None:
+        pipe.eval(_COUNT_TILE, 2, keys.finished, keys.progress, tile, self.ttl)
 
     def wait_any(self, done_keys: list[str], timeout: float) -> tuple[str, dict[str, Any]] | None:
         """Block up to *timeout* seconds for the first end message on any of *done_keys*.
@@ -295,7 +364,7 @@ class BlobStore:
         One BLPOP over every job and batch in flight (:meth:`Client.map`); returns the
         list's key and its message.
         """
-        with redis_errors(self.url):
+        with self._errors():
             item = self.client.blpop(done_keys, timeout=max(0.01, timeout))
         if item is None:
             return None
@@ -310,7 +379,7 @@ class BlobStore:
         or was flushed (or the keys expired), so no task can finish the job any more, and
         waiting out the timeout would only delay the same failure.
         """
-        with redis_errors(self.url):
+        with self._errors():
             # BLPOP's timeout has a resolution of 0.01 s; 0 would mean forever.
             item = self.client.blpop([keys.done], timeout=max(0.01, timeout))
             if item is None and not self.client.exists(keys.live):

@@ -73,6 +73,7 @@ def stats(self: Task, job: str, ops: list[Any], stage: int, tile_json: dict[str,
     tile = TileSpec.from_json(tile_json)
     app, keys = _app(self), JobKeys(job)
     with reported(app, keys, f"histogram of {tile.label}"):
+        app.store.started(keys, f"stats{stage}-{tile.index}", str(self.request.hostname))
         pipeline = Pipeline.from_json(ops)
         step = pipeline.global_steps[stage]
         known = _histograms(app, keys, pipeline, tile.frame, stage)
@@ -88,8 +89,10 @@ def reduce(self: Task, spec_json: dict[str, Any], stage: int) -> Any:
     with reported(app, keys, f"reduce of stage {stage + 1}"):
         plan = Plan.from_json(_load_json(app, keys, keys.plan))
         pipeline = Pipeline.from_json(spec.ops)
+        layout = job_tiles(spec, plan, pipeline.halo)
+        _await(self, app, keys, [keys.partial(stage, tile.index) for tile in layout])
         by_frame: list[list[Histogram]] = [[] for _ in plan.sizes]
-        for tile in job_tiles(spec, plan, pipeline.halo):
+        for tile in layout:
             by_frame[tile.frame].append(_load_json(app, keys, keys.partial(stage, tile.index)))
         whole = [add_histograms(parts) for parts in by_frame]
         app.store.put(keys, keys.statistic(stage), json.dumps(whole).encode())
@@ -101,11 +104,12 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
     tile = TileSpec.from_json(tile_json)
     app, keys = _app(self), JobKeys(job)
     with reported(app, keys, f"edit of {tile.label} [{ops_text(ops)}]"):
+        app.store.started(keys, f"edit-{tile.index}", str(self.request.hostname))
         pipeline = Pipeline.from_json(ops)
         known = _histograms(app, keys, pipeline, tile.frame, len(pipeline.global_steps))
         out, dest = pipeline.run_tile(_piece(app, keys, tile), tile.cut, tile.box, tile.size, known)
         app.store.put(keys, keys.edited(tile.index), pack_raw(out, {"box": list(dest)}))
-        app.store.tile_done(keys)
+        app.store.tile_done(keys, tile.index)
     return {"tile": tile.index, "box": list(dest)}
 
 
@@ -113,7 +117,10 @@ def merge(self: Task, spec_json: dict[str, Any]) -> Any:
     spec = JobSpec.from_json(spec_json)
     app, keys = _app(self), JobKeys(spec.job)
     with reported(app, keys, "merge"):
-        return merge_frames(app, keys, spec, Plan.from_json(_load_json(app, keys, keys.plan)))
+        plan = Plan.from_json(_load_json(app, keys, keys.plan))
+        layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
+        _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
+        return merge_frames(app, keys, spec, plan)
 
 
 def batch(self: Task, batch: str, ops: list[Any], format: str | None) -> dict[str, Any]:
@@ -194,6 +201,30 @@ def _summary(spec: JobSpec, plan: Plan, pipeline: Pipeline) -> dict[str, Any]:
         "stages": len(pipeline.global_steps) + 1,
         "decode": "in each tile" if plan.decode else "once, in the split",
     }
+
+
+#: Seconds between a merge's (or reduce's) looks for tiles not stored yet.
+AWAIT_EVERY = 0.5
+
+
+def _await(task: Task, app: TilechordCelery, keys: JobKeys, names: list[str]) -> None:
+    """Go on only once every key of *names* is stored; until then, run again shortly.
+
+    A chord counts finished tasks, not tiles: a tile that ran twice (its worker froze, its
+    message went to another, then it woke and finished too) counts twice, and the chord
+    fires its merge while another tile still runs.  The merge then waits, as a retry with
+    a countdown rather than a sleep, so that it holds no pool process the missing tile
+    may need.  The job's timeout bounds the wait: a gone job ends it (:class:`JobGone`).
+    """
+    missing = app.store.missing(keys, names)
+    if missing:
+        logger.info(
+            "job %s: %d tile(s) not stored yet, looking again in %.1f s",
+            keys.job_id,
+            len(missing),
+            AWAIT_EVERY,
+        )
+        raise task.retry(countdown=AWAIT_EVERY, max_retries=None)
 
 
 def _load_json(app: TilechordCelery, keys: JobKeys, key: str) -> Any:
