@@ -37,6 +37,9 @@ __all__ = ["POLL", "Job", "Prepared", "ProgressCallback"]
 POLL = 0.5  # seconds between checks of Celery's own state while waiting
 #: Seconds a job may sit unstarted before the client asks whether any worker is alive.
 START_GRACE = 2.0
+#: Seconds a started job may go with no live worker on its queue before it fails with
+#: :class:`NoWorker`: time for a restarted worker to come back, far less than the timeout.
+ORPHAN_GRACE = 30.0
 
 #: ``on_progress(tiles_done, tiles_total)`` of :meth:`Job.get`
 ProgressCallback: TypeAlias = "Callable[[int, int], object]"
@@ -79,6 +82,7 @@ class Job:
         self.timeout = timeout
         self._result: bytes | None = None
         self._error: TilechordError | None = None
+        self._alone_since: float | None = None  # when the registry was last seen empty, if it is
 
     def __repr__(self) -> str:
         return f"<tilechord.Job {self.id} {self.status}>"
@@ -189,12 +193,60 @@ class Job:
             live = self._app.store.live_workers(QUEUE)
             if not live:
                 raise NoWorker(f"job {self.id} cannot start: {self._no_worker()}")
+        elif state != "PENDING":
+            self._check_orphaned()
         if state == "FAILURE":
             return self._failure_message(first)
         if state == "SUCCESS":
             merge = AsyncResult(self.keys.task_id("merge"), app=self._app)
             return self._failure_message(merge) if merge.state == "FAILURE" else None
         return None
+
+    def _check_orphaned(self) -> None:
+        """Raise :class:`NoWorker` once a started job has had no live worker for ORPHAN_GRACE s."""
+        if self._app.store.live_workers(QUEUE):
+            self._alone_since = None
+            return
+        now = time.monotonic()
+        if self._alone_since is None:
+            self._alone_since = now
+        elif now - self._alone_since >= ORPHAN_GRACE:
+            done, total = self.progress()
+            raise NoWorker(
+                f"job {self.id} lost every worker: {self._no_worker_since(now - self._alone_since)}; "
+                f"{done}/{total} tiles edited{self._reruns()}"
+            )
+
+    def _no_worker_since(self, seconds: float) -> str:
+        url = redact_url(self._app.tilechord_settings.redis_url)
+        return f"no live worker on queue {QUEUE} at {url} for {seconds:.0f} s"
+
+    def runs(self) -> list[tuple[str, str]]:
+        """``(task, worker)`` for every task of the job started so far, re-runs included, in order.
+
+        A tile whose worker was lost (killed, frozen, cut off) appears twice: with the lost
+        worker, then with the one that ran it again.
+        """
+        return [(run["task"], run["host"]) for run in self._app.store.runs(self.keys)]
+
+    def _reruns(self) -> str:
+        """``"; tile 2/8 (edit-1) lost with w1@a, run again on w2@b"`` for each re-run tile, or ``""``."""
+        try:
+            runs = self.runs()
+        except TilechordError:
+            return ""
+        hosts: dict[str, list[str]] = {}
+        for task, host in runs:
+            hosts.setdefault(task, []).append(host)
+        notes = []
+        for task, seen in hosts.items():
+            if len(seen) > 1:
+                index = int(task.rsplit("-", 1)[1])
+                then = ", then on ".join(seen[1:])
+                notes.append(
+                    f"tile {index + 1}/{self.tiles} ({task}) lost with {seen[0]}, run again on {then}"
+                )
+        return "".join(f"; {note}" for note in notes)
 
     def _no_worker(self) -> str:
         url = redact_url(self._app.tilechord_settings.redis_url)
@@ -211,16 +263,17 @@ class Job:
     def timeout_error(self, limit: float) -> JobTimeout:
         """The :class:`JobTimeout` to raise after *limit* seconds, saying what was seen."""
         state = self._async_result().state
-        hint = ""
-        if state == "PENDING":
-            live = self._app.store.live_workers(QUEUE)
-            hint = f"; {self._no_worker()}" if not live else (
-                f"; no worker has started it yet: the {live} live worker(s) on queue {QUEUE} are busy"
-            )  # fmt: skip
+        live = self._app.store.live_workers(QUEUE)
+        if not live:
+            hint = f"; {self._no_worker()}"
+        elif state == "PENDING":
+            hint = f"; no worker has started it yet: the {live} live worker(s) on queue {QUEUE} are busy"
+        else:
+            hint = f"; {live} live worker(s) on queue {QUEUE}"
         done, total = self.progress()
         return JobTimeout(
             f"job {self.id} did not finish within {limit:g} s "
-            f"({done}/{total} tile{'' if total == 1 else 's'} edited){hint}"
+            f"({done}/{total} tile{'' if total == 1 else 's'} edited){hint}{self._reruns()}"
         )
 
     def _cleanup(self) -> None:

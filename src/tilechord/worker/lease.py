@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 from celery import bootsteps
 from celery.worker import state
 from celery.worker.consumer import Consumer as CeleryConsumer
-from kombu.utils.json import dumps  # type: ignore[attr-defined]
+from kombu.utils.json import dumps
 
 __all__ = ["RECONNECT_EVERY", "Consumer", "LeaseRenewal", "renew_every"]
 
@@ -63,7 +63,7 @@ def _stamp(message: Any) -> None:
     qos = message.channel.qos
     tag = message.delivery_tag
     delivery = message.delivery_info
-    entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+    entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])  # type: ignore[no-untyped-call]
     with qos.pipe_or_acquire() as pipe:
         pipe.zadd(qos.unacked_index_key, {tag: time.time()}).hset(qos.unacked_key, tag, entry).execute()
 
