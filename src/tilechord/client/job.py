@@ -32,7 +32,7 @@ from ..worker.keys import JobKeys
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
 
-__all__ = ["POLL", "Job", "Prepared", "ProgressCallback"]
+__all__ = ["POLL", "Job", "Prepared", "ProgressCallback", "rerun_notes"]
 
 POLL = 0.5  # seconds between checks of Celery's own state while waiting
 #: Seconds a job may sit unstarted before the client asks whether any worker is alive.
@@ -59,6 +59,24 @@ class Prepared:
     @property
     def tiles(self) -> int:
         return self.grid.cols * self.grid.rows * self.frames
+
+
+def rerun_notes(runs: list[tuple[str, str]], tiles: int) -> str:
+    """``"; tile 2/8 (edit-1) lost with w1@a, run again on w2@b"`` per task that ran twice, or ``""``.
+
+    *runs* are ``(task, worker)`` in the order they started (:meth:`Job.runs`); a task
+    started more than once lost its first worker (killed, frozen, cut off, or Redis gone).
+    """
+    hosts: dict[str, list[str]] = {}
+    for task, host in runs:
+        hosts.setdefault(task, []).append(host)
+    notes = []
+    for task, seen in hosts.items():
+        if len(seen) > 1:
+            tile = int(task.rsplit("-", 1)[1]) + 1
+            then = ", then on ".join(seen[1:])
+            notes.append(f"; tile {tile}/{tiles} ({task}) lost with {seen[0]}, run again on {then}")
+    return "".join(notes)
 
 
 class Job:
@@ -230,23 +248,11 @@ class Job:
         return [(run["task"], run["host"]) for run in self._app.store.runs(self.keys)]
 
     def _reruns(self) -> str:
-        """``"; tile 2/8 (edit-1) lost with w1@a, run again on w2@b"`` for each re-run tile, or ``""``."""
+        """What :func:`rerun_notes` says of this job's runs, or ``""`` if Redis cannot tell."""
         try:
-            runs = self.runs()
+            return rerun_notes(self.runs(), self.tiles)
         except TilechordError:
             return ""
-        hosts: dict[str, list[str]] = {}
-        for task, host in runs:
-            hosts.setdefault(task, []).append(host)
-        notes = []
-        for task, seen in hosts.items():
-            if len(seen) > 1:
-                index = int(task.rsplit("-", 1)[1])
-                then = ", then on ".join(seen[1:])
-                notes.append(
-                    f"tile {index + 1}/{self.tiles} ({task}) lost with {seen[0]}, run again on {then}"
-                )
-        return "".join(f"; {note}" for note in notes)
 
     def _no_worker(self) -> str:
         url = redact_url(self._app.tilechord_settings.redis_url)

@@ -26,9 +26,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from celery import Task
+from celery.exceptions import Ignore, Reject
 from PIL import Image
 
-from ..errors import JobGone, TilechordError
+from ..errors import JobGone, RedisUnreachable, TilechordError
 from ..imaging.decode import decode, decode_frames, inspect_source
 from ..imaging.raw import Data, is_raw, pack_raw, unpack_raw
 from ..ops import Histogram, Pipeline, add_histograms
@@ -132,7 +133,10 @@ def batch(self: Task, batch: str, ops: list[Any], format: str | None) -> dict[st
         total, failed = run_batch(_app(self), keys, ops, format, what)
     except JobGone:
         logger.info("%s skipped, the batch was cancelled or expired", what)
-        raise
+        raise Ignore() from None
+    except RedisUnreachable as exc:  # a re-run batch reports again; the client counts each image once
+        logger.warning("%s handed back, to run again once Redis answers: %s", what, exc)
+        raise Reject(str(exc), requeue=True) from None
     logger.info(
         "batch %s: %d images [%s], %d failed, done in %.3f s",
         batch, total, ops_text(ops), failed, time.perf_counter() - started,
