@@ -33,9 +33,12 @@ of the cases.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,6 +47,7 @@ from typing import Any
 
 import redis
 
+from benchlib.amdahl import amdahl_table
 from benchlib.cases import (
     LATENCY_FACTOR,
     Setup,
@@ -54,7 +58,9 @@ from benchlib.cases import (
     traffic_case,
 )
 from benchlib.cpu import CpuByRole, CpuMeter, loadavg
-from benchlib.measure import Row, table
+from benchlib.measure import Row, grid_text, table
+from benchlib.memcases import MemoryJob, baseline_line, memory_case, memory_table, timeline_lines
+from benchlib.memory import MemoryWatch, make_image
 from benchlib.messages import MessageSizes
 from benchlib.phases import Traced, breakdown, traced_jobs
 from benchlib.pillow import PILLOW_EDITS, jpeg, megapixels, photo, pillow_job
@@ -64,6 +70,12 @@ from tilechord.local import LocalCluster
 
 #: The case whose job the phase breakdown traces: a cheap filter, where overheads show.
 TRACED_SPEC = "gaussian_blur:radius=8"
+#: The memory section's big case: a PNG of --big (default 100 MP) edited into a TIFF.
+BIG_SPEC = "gaussian_blur:radius=8"
+BIG_DEFAULT = (10000, 10000)
+BIG_SEED = 100
+#: Where the big PNG is kept between runs (building it takes longer than the job).
+BIG_CACHE = Path(tempfile.gettempdir()) / "tilechord-bench"
 
 
 @dataclass(frozen=True)
@@ -75,14 +87,16 @@ class Sizes:
     small: tuple[int, int]  # latency case
     batch_image: tuple[int, int]
     batch_count: int
+    memory_big: bool = True  # the memory section's big case (--big); --quick has only the large one
 
 
 FULL = Sizes(
     large=(6000, 4000), medium=(4240, 2832), small=(512, 512), batch_image=(256, 256), batch_count=200
 )
 QUICK = Sizes(
-    large=(1500, 1000), medium=(1060, 708), small=(512, 512), batch_image=(256, 256), batch_count=40
-)
+    large=(1500, 1000), medium=(1060, 708), small=(512, 512), batch_image=(256, 256), batch_count=40,
+    memory_big=False,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,7 @@ class Results:
     profile: dict[str, Any]
     small_events: list[dict[str, Any]]
     load: dict[str, float]
+    memory: list[dict[str, Any]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,6 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=None, metavar="N",
                         help="tasks in flight, throughput case (map's jobs=; default map's own, "
                              "twice the workers)")  # fmt: skip
+    parser.add_argument("--big", type=big_arg, default=BIG_DEFAULT, metavar="WxH|none",
+                        help="the memory section's big case: a WxH PNG edited into a TIFF (default "
+                             f"{BIG_DEFAULT[0]}x{BIG_DEFAULT[1]}; none leaves it out, as --quick "
+                             "does)")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     if args.repeat is None:
@@ -160,6 +179,16 @@ def grid_arg(text: str) -> str | tuple[int, int]:
     if not (sep and cols.isdigit() and rows.isdigit() and int(cols) > 0 and int(rows) > 0):
         raise argparse.ArgumentTypeError(f"a grid is auto or COLSxROWS like 2x1, not {text!r}")
     return (int(cols), int(rows))
+
+
+def big_arg(text: str) -> tuple[int, int] | None:
+    """``none`` or ``WxH`` (for argparse)."""
+    if text.strip().lower() == "none":
+        return None
+    grid = grid_arg(text)
+    if isinstance(grid, str):
+        raise argparse.ArgumentTypeError(f"the big case is WxH like 10000x10000 or none, not {text!r}")
+    return grid
 
 
 def build_images(sizes: Sizes) -> Images:
@@ -225,6 +254,9 @@ def where_time_goes(setup: Setup, sizes: Sizes, im: Images, workers: int) -> tup
     profile["case"] = f"{TRACED_SPEC} on {megapixels(sizes.large)}"
     profile["grid"] = str(grid)
     profile["tile_raw_mb"] = tile_raw_mb(sizes.large, grid, halo, mode)
+    if profile["median"] is not None:
+        profile["w0"] = max(1, min(workers, len(profile["median"]["edit_runtimes_ms"])))
+        profile["amdahl"] = amdahl_table(profile["median"], profile["w0"])
     (small,) = traced_jobs(client, im.small, "sharpen", "auto", 1)
     return profile, small
 
@@ -261,7 +293,67 @@ def measure(args: argparse.Namespace, sizes: Sizes, im: Images) -> Results:
         load = meter.report()
         client.close()
         r.close()
-    return Results(info, rows, profile, small.events, load)
+    return Results(info, rows, profile, small.events, load, measure_memory(args, sizes, im))
+
+
+def memory_jobs(args: argparse.Namespace, sizes: Sizes, im: Images, work: Path) -> list[MemoryJob]:
+    """The memory section's jobs, smallest first: the large (24 MP) case, then the big one."""
+    large = work / "large.jpg"
+    large.write_bytes(im.large)
+    name = "cheap (24 MP)" if not args.quick else "cheap (quick)"
+    pixels = sizes.large[0] * sizes.large[1]
+    jobs = [MemoryJob(f"{name}: {TRACED_SPEC}, {megapixels(sizes.large)} JPEG -> JPEG", TRACED_SPEC, large,
+                      "JPEG", args.grid, pixels)]  # fmt: skip
+    if sizes.memory_big and args.big is not None:
+        width, height = args.big
+        path = BIG_CACHE / f"photo-{width}x{height}-seed{BIG_SEED}.png"
+        print(f"Building the big input, a {width}x{height} PNG (kept in {path}) ...", flush=True)
+        make_image(width, height, BIG_SEED, path)
+        label = f"big: {BIG_SPEC}, {megapixels(args.big)} PNG -> TIFF"
+        jobs.append(MemoryJob(label, BIG_SPEC, path, "TIFF", args.grid, width * height, timeout=900))
+    return jobs
+
+
+def warm_up(client: Client, workers: int) -> None:
+    """A small job of each kind first, a tile per worker like the measured ones, so that the
+    measured jobs are not any process's first (imports, connections); small, so that each
+    measured job still raises Redis's ``used_memory_peak`` (it cannot be reset)."""
+    image = photo(640, 480, seed=7)
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    client.process(jpeg(image), [TRACED_SPEC], grid=(1, workers), format="JPEG")
+    client.process(png.getvalue(), [BIG_SPEC], grid=(1, workers), format="TIFF")
+
+
+def measure_memory(args: argparse.Namespace, sizes: Sizes, im: Images) -> list[dict[str, Any]]:
+    """Each memory job's peaks per process and its timeline, on a cluster of its own.
+
+    A fresh cluster: valkey cannot reset its ``used_memory_peak``, so only on a new server
+    do the jobs (smallest first) each raise it; every process's ``VmHWM`` is reset per job.
+    """
+    work = Path(tempfile.mkdtemp(prefix="tilechord-bench-"))
+    try:
+        jobs = memory_jobs(args, sizes, im, work)
+        pixels = max(Settings().max_pixels, *(job.pixels for job in jobs))  # raised for the big case
+        settings = Settings(workers=args.workers, job_timeout=900, max_pixels=pixels)
+        print(f"\nPeak memory per process: a fresh cluster (max_pixels {pixels:,}) ...", flush=True)
+        with LocalCluster(settings, workers=args.workers) as cluster:
+            assert cluster.pool is not None and cluster.redis is not None
+            pool, server = cluster.pool, cluster.redis
+            client, r = Client(cluster.settings), redis.Redis.from_url(cluster.url)
+            watch = MemoryWatch({
+                "client": lambda: [os.getpid()],
+                "Redis": lambda: [server.pid] if server.pid else [],
+                "worker": lambda: [pool.pid] if pool.pid else [],
+                "pool": pool.child_pids,
+            }, r)  # fmt: skip
+            warm_up(client, args.workers)
+            cases = [memory_case(client, watch, job, args.workers) for job in jobs]
+            client.close()
+            r.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return cases
 
 
 def print_report(res: Results, sizes: Sizes) -> None:
@@ -284,6 +376,24 @@ def print_report(res: Results, sizes: Sizes) -> None:
     for row in res.rows:
         if row.verified is not None:
             print(f"  check: {row.case.split(':')[0]}: tilechord vs Pillow output: {row.verified}")
+    print_memory(res.memory)
+
+
+def print_memory(cases: list[dict[str, Any]]) -> None:
+    """The memory table and the memory jobs' timelines."""
+    print(
+        "\nPeak resident memory of one job, per process (VmHWM, reset just before the job), beside plain "
+        "Pillow doing the same job in a fresh process; largest = tilechord's largest single process, "
+        "all = every process summed (Redis counted by its RSS):"
+    )
+    print(grid_text(*memory_table(cases)))
+    print("Resident before each job (the peaks include it; the client is this script, with its images):")
+    for case in cases:
+        print(baseline_line(case))
+    print("\nTimeline of each memory job (Celery task events; one job each):")
+    for case in cases:
+        print("\n".join(timeline_lines(case)))
+        print(f"    tilechord vs Pillow output: {case['verified']}")
 
 
 def write_json(path: Path, args: argparse.Namespace, res: Results, total: float) -> None:
@@ -301,6 +411,7 @@ def write_json(path: Path, args: argparse.Namespace, res: Results, total: float)
         "timeline": res.profile["timeline"],
         "timeline_small": res.small_events,
         "cpu": res.load,
+        "memory": res.memory,
         "total_s": total,
     }
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -317,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTotal time {total:.1f} s")
     if args.json is not None:
         write_json(args.json, args, res, total)
-    return 1 if any(row.verdict.startswith("FAIL") for row in res.rows) else 0
+    differs = any(case["verified"].startswith("DIFFERENT") for case in res.memory)
+    return 1 if differs or any(row.verdict.startswith("FAIL") for row in res.rows) else 0
 
 
 if __name__ == "__main__":

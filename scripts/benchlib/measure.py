@@ -90,7 +90,12 @@ def runs_detail(pair: Pair) -> dict[str, Any]:
 
 def table(rows: list[Row]) -> str:
     head = ("case", "tilechord", "Pillow", "ratio", "target", "result")
-    cells = [head] + [(r.case, r.tilechord, r.pillow, r.value, r.target, r.verdict) for r in rows]
+    return grid_text(head, [(r.case, r.tilechord, r.pillow, r.value, r.target, r.verdict) for r in rows])
+
+
+def grid_text(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, a rule under the head."""
+    cells = [head, *rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = []
     for n, c in enumerate(cells):

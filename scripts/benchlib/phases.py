@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tilechord import Client
@@ -112,9 +113,18 @@ class Traced:
 
 
 def traced_jobs(
-    client: Client, data: bytes, spec: str, grid: str | tuple[int, int], count: int
+    client: Client,
+    data: bytes | Path,
+    spec: str,
+    grid: str | tuple[int, int],
+    count: int,
+    fmt: str = "JPEG",
+    timeout: float = 120.0,
 ) -> list[Traced]:
-    """Run *count* jobs one after another while recording the task events; their timelines."""
+    """Run *count* jobs one after another while recording the task events; their timelines.
+
+    *data* is the source as the client takes it: bytes, or a file's path (the client reads it).
+    """
     log = EventLog(client)
     done: list[tuple[str, float, float, bytes]] = []
     with log.capturing():
@@ -122,8 +132,8 @@ def traced_jobs(
             if n:
                 time.sleep(0.3)  # the previous job's last events and result writes settle first
             t0 = time.time()
-            job = client.submit(data, [spec], grid=grid, format="JPEG")
-            out = job.get(timeout=120)
+            job = client.submit(data, [spec], grid=grid, format=fmt)
+            out = job.get(timeout=timeout)
             done.append((job.id, t0, time.time(), out))
     return [Traced(timeline(log.events, job_id, t0, t_end), out) for job_id, t0, t_end, out in done]
 

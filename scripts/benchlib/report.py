@@ -13,6 +13,8 @@ from PIL import Image
 
 from tilechord.imaging import Grid, tiles
 
+from .memcases import amdahl_text
+
 
 def machine(r: redis.Redis) -> dict[str, Any]:
     """The machine and the versions in play, for the header and the JSON."""
@@ -91,6 +93,8 @@ def print_breakdown(profile: dict[str, Any], measured_s: float) -> None:
         print("\n  No phases: the traced jobs were not split -> edits -> merge, or an event was missing.")
     else:
         print_phases(phases, len(profile["per_job"]), measured_s)
+        if profile.get("amdahl"):
+            print(f"  {amdahl_text(profile['amdahl'], profile['w0'])}")
     print(f"  Traced jobs' results vs Pillow: {profile['same_as_pillow']}")
 
 
