@@ -302,7 +302,7 @@ def _runs(pieces: Iterator[_Piece]) -> Iterator[list[_Piece]]:
         yield run
 
 
-def _decode(layout: TiffLayout, piece: _Piece, data: bytes) -> NDArray[np.uint8] | NDArray[np.uint16]:
+def _decode(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """One piece's pixels, (rows, width, kept samples), in Pillow's values (1-bit: 0 or 1)."""
     width, samples, rows = layout.segment_width, layout.samples, piece.rows
     size = rows * layout.stride
@@ -316,25 +316,24 @@ def _decode(layout: TiffLayout, piece: _Piece, data: bytes) -> NDArray[np.uint8]
         return pixels ^ np.uint8(layout.inverted)
     dtype = np.dtype(np.uint8) if layout.bits == 8 else np.dtype(f"{layout.byteorder}u2")
     pixels = np.frombuffer(raw, dtype, rows * width * samples).reshape(rows, width, samples)
-    if layout.bits == 16:
-        pixels = pixels.astype(np.uint16)  # native order: the predictor sums values, not bytes
-    if layout.predictor == 2:
+    if layout.predictor == 2:  # sums along each row; imagecodecs keeps the file's byte order
         pixels = imagecodecs.delta_decode(pixels, axis=-2)
     if layout.inverted:
         pixels = np.uint8(255) - pixels
     return pixels[:, :, : layout.kept]
 
 
-def _decompress(layout: TiffLayout, data: bytes, size: int) -> bytes | bytearray:
+def _decompress(layout: TiffLayout, data: memoryview, size: int) -> memoryview | bytes | bytearray:
     """The segment's bytes uncompressed; a codec's failure is a damaged file."""
+    if layout.compression == 1:
+        return data
+    buffer = cast(bytes, data)  # imagecodecs reads any buffer; its stubs name only bytes-likes
     try:
-        if layout.compression == 1:
-            return data
         if layout.compression == 5:
-            return imagecodecs.lzw_decode(data, out=size)
+            return imagecodecs.lzw_decode(buffer, out=size)
         if layout.compression in (8, 32946):
-            return imagecodecs.deflate_decode(data, out=size)
-        return imagecodecs.packbits_decode(data, out=size)
+            return imagecodecs.deflate_decode(buffer, out=size)
+        return imagecodecs.packbits_decode(buffer, out=size)
     except Exception as exc:  # imagecodecs raises its own per-codec error classes
         name = COMPRESSIONS[layout.compression]
         raise InvalidImage(f"TIFF segment does not decode ({name}): {exc}") from None
@@ -355,10 +354,11 @@ def read_region(read: ReadAt, layout: TiffLayout, box: Box) -> Image.Image:
         blob = read(start, run[-1].offset + run[-1].length - start)
         if len(blob) != run[-1].offset + run[-1].length - start:
             raise InvalidImage(f"the TIFF source gave {len(blob)} bytes at {start}, not the range asked")
+        view = memoryview(blob)  # each segment a view of the one read, not a copy
         for piece in run:
-            pixels = _decode(layout, piece, blob[piece.offset - start : piece.offset - start + piece.length])
+            pixels = _decode(layout, piece, view[piece.offset - start : piece.offset - start + piece.length])
             _paste(layout, piece, pixels, region, span, (left, upper))
-        del blob
+        del view, blob
     return _image(layout, region)
 
 
