@@ -21,10 +21,18 @@ The throughput case also reads, from ``/proc``, the CPU that the client, Redis, 
 worker's main process and its pool used per run: all of it over the cores is the least
 wall time any schedule could give that run, hence a bound on its ratio.
 
+Last, on a fresh cluster of its own, the memory section runs the 24 MP gaussian job and a
+big one (``--big``, a 100 MP PNG edited into a TIFF by default; left out by ``--quick``)
+once each: every process's peak resident memory during the job (client, Redis, the
+worker's main process, each pool process; ``VmHWM`` reset just before the job) beside
+plain Pillow's peak doing the same job in a fresh interpreter, the job's serial head,
+parallel body and serial tail from its task events, and the speed-up Amdahl's law allows
+on 4, 8 and 16 workers.
+
 Run from the project root with the project's virtualenv::
 
     python scripts/bench.py --quick          # smoke test, well under a minute
-    python scripts/bench.py --json out.json  # the full run, under 5 minutes on 2 cores
+    python scripts/bench.py --json out.json  # the full run, under 10 minutes on 2 cores
 
 The pieces live in ``scripts/benchlib/``; this file is the command line and the order
 of the cases.
@@ -133,8 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "CPU each process used for it, bytes written into Redis per job (<= 2.5x the raw image) and "
             "the largest task message (< 8 KB). Each case: warm-up 1, then the median of --repeat runs, "
             "tilechord and Pillow alternating. Ratio = Pillow time / tilechord time (> 1: tilechord "
-            "faster). Ends with a phase breakdown of the 24 MP gaussian job, from the Celery task "
-            "events of --repeat real jobs."
+            "faster). Then a phase breakdown of the 24 MP gaussian job, from the Celery task "
+            "events of --repeat real jobs, and, on a fresh cluster, the peak memory of every process "
+            "of one 24 MP job and one --big job beside plain Pillow's, with each job's head, body, "
+            "tail and the speed-up Amdahl's law allows on 4, 8 and 16 workers."
         ),
         epilog="The full run takes about 2-3 minutes on 2 cores; --quick about 20 seconds.",
     )
@@ -185,10 +195,10 @@ def big_arg(text: str) -> tuple[int, int] | None:
     """``none`` or ``WxH`` (for argparse)."""
     if text.strip().lower() == "none":
         return None
-    grid = grid_arg(text)
-    if isinstance(grid, str):
+    width, sep, height = text.strip().lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise argparse.ArgumentTypeError(f"the big case is WxH like 10000x10000 or none, not {text!r}")
-    return grid
+    return (int(width), int(height))
 
 
 def build_images(sizes: Sizes) -> Images:

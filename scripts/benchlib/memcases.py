@@ -52,6 +52,7 @@ def memory_case(client: Client, watch: MemoryWatch, job: MemoryJob, workers: int
         "output_format": job.fmt,
         "grid": str(used),
         "input_bytes": job.path.stat().st_size,
+        "raw_bytes": job.pixels * 3,  # the bench's images are RGB
         "tilechord_s": traced.events[-1]["done"] / 1000,
         "pillow_s": pillow["seconds"],
         **peaks_json(peaks),
@@ -99,7 +100,7 @@ def memory_table(cases: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tup
     """The head and cells of the memory table, one row per case."""
     head: tuple[str, ...] = (
         "job", "client", "Redis RSS (used_memory_peak)", "worker", "pool (each)", "largest", "all",
-        "Pillow", "largest / Pillow", "all / Pillow",
+        "Pillow", "largest / Pillow", "all / Pillow", "raw image",
     )  # fmt: skip
     cells: list[tuple[str, ...]] = [
         (
@@ -113,6 +114,7 @@ def memory_table(cases: list[dict[str, Any]]) -> tuple[tuple[str, ...], list[tup
             mb(c["pillow_peak_bytes"]),
             f"{c['largest_ratio']:.2f}x",
             f"{c['total_ratio']:.2f}x",
+            mb(c["raw_bytes"]),
         )
         for c in cases
     ]
