@@ -85,3 +85,16 @@ def test_explode(image: Image.Image, below: int = 1) -> Image.Image:
 def test_mode_filter(image: Image.Image, size: int = 3) -> Image.Image:
     """A custom neighbourhood operation: Pillow's ModeFilter."""
     return image.filter(ImageFilter.ModeFilter(size))
+
+
+@tilechord.operation("test_slow_light", kind="pixel", bounds={"dark": (0, 60), "light": (0, 60)})
+def test_slow_light(image: Image.Image, dark: float = 1.0, light: float = 1.0) -> Image.Image:
+    """Sleep *dark* seconds on a tile darker than mid-grey, *light* on a lighter one.
+
+    Tiles of one job then take different times: a test can have one tile finish (twice,
+    on two workers) while another still runs.
+    """
+    if image.width * image.height > 100:  # not on the client's tiny dry-run image
+        mean = sum(image.convert("L").getdata()) / (image.width * image.height)
+        _time.sleep(dark if mean < 128 else light)
+    return image.copy()
