@@ -7,12 +7,11 @@ The result and the client's end notice are written in one transaction.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..imaging.decode import Timing
+from ..imaging.decode import Timing, open_checked
 from ..imaging.encode import encode_frames
 from ..imaging.raw import Data, join_strips, unpack_raw
 from ..ops import Pipeline
@@ -59,8 +58,10 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
     frames, read = _strips(app, keys, pipeline, layout)
     if not frames:
         frames = _pasted(app, keys, pipeline, layout, plan, read)
-    # The source again, for its metadata; a raw one (maybe 36 MB) has none to read.
-    source = None if plan.raw else Image.open(io.BytesIO(app.store.get(keys, keys.source)))
+    # The source again, for its metadata (its header only); a raw one has none to read.
+    # tilechord's pixel limit, not Pillow's: over 179 MP, Image.open alone would refuse it.
+    max_pixels = app.tilechord_settings.max_pixels
+    source = None if plan.raw else open_checked(app.store.get(keys, keys.source), max_pixels)
     return finish(app, keys, spec, frames, plan.timing, source)
 
 
