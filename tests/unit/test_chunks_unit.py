@@ -155,6 +155,8 @@ def test_a_header_of_another_version_is_refused_not_read_as_data() -> None:
         chunks.header_of(b"TCCHUNKS2\n" + bytes(16))
     with pytest.raises(JobFailed, match="unknown format"):
         chunks.header_of(chunks.MAGIC + bytes(3))
+    with pytest.raises(JobFailed, match="chunk size of 0"):
+        chunks.header_of(chunks.MAGIC + (5).to_bytes(8, "big") + bytes(8))
 
 
 def test_a_chunk_size_must_be_positive() -> None:

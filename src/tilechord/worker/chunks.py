@@ -34,27 +34,12 @@ import redis
 from redis.client import Pipeline
 
 from ..errors import JobFailed, JobGone
+from ..imaging.raw import Data
 from .bulk import read_bulk
 from .keys import CHUNK_BYTES, chunk_key
 
-__all__ = [
-    "HEADER_BYTES",
-    "MAGIC",
-    "Guard",
-    "Layout",
-    "get",
-    "head",
-    "header_of",
-    "iter_chunks",
-    "keys_for",
-    "keys_of",
-    "length",
-    "put_file",
-    "put_stream",
-    "queue_put",
-    "read_at",
-    "spans",
-]
+__all__ = ["HEADER_BYTES", "MAGIC", "Data", "Guard", "Layout", "get", "head", "header_of", "iter_chunks"]
+__all__ += ["keys_for", "keys_of", "length", "put_file", "put_stream", "queue_put", "read_at", "spans"]
 
 #: What a chunked value's header begins with.  Distinct from the raw pixel format's
 #: ``TCRAW1\n`` (:mod:`tilechord.imaging.raw`), json and every image format's signature;
@@ -64,7 +49,6 @@ _FAMILY = MAGIC[:7]  # b"TCCHUNK": a header of some other version of this format
 _HEAD = struct.Struct(">QQ")  # total length, chunk size
 HEADER_BYTES = len(MAGIC) + _HEAD.size
 
-Data: TypeAlias = "bytes | bytearray | memoryview"
 #: Runs a function that queues writes on a (MULTI) pipeline and returns the keys it
 #: wrote, then executes it: the store's guarded write (live check, index, undo).
 Guard: TypeAlias = Callable[[Callable[[Pipeline], list[str]]], None]
@@ -123,6 +107,8 @@ def header_of(value: Data) -> Layout | None:
     if len(view) != HEADER_BYTES or view[: len(MAGIC)] != MAGIC:
         raise JobFailed(f"a chunked value's header of an unknown format: {bytes(view[:32])!r}")
     total, size = _HEAD.unpack_from(view, len(MAGIC))
+    if size < 1:
+        raise JobFailed(f"a chunked value's header with a chunk size of {size}")
     return Layout(total, size)
 
 
