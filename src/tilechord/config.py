@@ -217,6 +217,20 @@ CONNECT_TIMEOUT = 5.0
 HEALTH_CHECK = 2
 
 
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport: the lease (see :func:`celery_config`), sweeps, timeouts."""
+    return {
+        "visibility_timeout": settings.lease,
+        "unacked_restore_interval": SWEEP_EVERY,
+        "unacked_restore_throttle": 1,  # scan on every sweep, not every tenth
+        "unacked_mutex_expire": SWEEP_LOCK,
+        "health_check_interval": HEALTH_CHECK,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours.  The only place they are chosen.
 
@@ -254,16 +268,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": settings.key_ttl,
         "result_extended": False,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": settings.lease,
-            "unacked_restore_interval": SWEEP_EVERY,
-            "unacked_restore_throttle": 1,  # scan on every sweep, not every tenth
-            "unacked_mutex_expire": SWEEP_LOCK,
-            "health_check_interval": HEALTH_CHECK,
-            "socket_timeout": SOCKET_TIMEOUT,
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_keepalive": True,
-        },
+        "broker_transport_options": _transport_options(settings),
         "result_backend_transport_options": {"health_check_interval": HEALTH_CHECK},
         "redis_socket_timeout": SOCKET_TIMEOUT,
         "redis_socket_connect_timeout": CONNECT_TIMEOUT,
