@@ -153,6 +153,7 @@ def assert_strips_match(data: bytes, rows: int) -> int:
             assert strip.getpalette() == expected.getpalette()
             assert strip.palette is not None and expected.palette is not None
             assert strip.palette.mode == expected.palette.mode
+            assert strip.palette.palette == expected.palette.palette
             assert strip.im.getpalettemode() == expected.im.getpalettemode()
             assert strip.convert("RGBA").tobytes() == expected.convert("RGBA").tobytes()
     return len(strips)
@@ -220,7 +221,18 @@ def test_strips_are_independent_images_and_the_iterator_is_lazy() -> None:
     first.putpixel((0, 0), (1, 2, 3))  # a strip the caller edits does not feed the next one
     rest = list(strips)
     assert len(rest) == 4
+    assert [s.tobytes() for s in iter_strips(memoryview(data), 8, LIMIT)][1:] == [s.tobytes() for s in rest]
     assert b"".join(s.tobytes() for s in rest) == Image.open(io.BytesIO(data)).crop((0, 8, 16, 40)).tobytes()
+
+
+def test_pillows_own_pixel_limit_does_not_apply_only_tilechords(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = hand_png(8, 2, (30, 10), seed=2)
+    expected = Image.open(io.BytesIO(data)).tobytes()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow itself now refuses over 200 pixels
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    assert can_stream(data)
+    assert b"".join(s.tobytes() for s in iter_strips(data, 4, 300)) == expected
 
 
 # ----------------------------------------------------------------------------- refusals
