@@ -17,6 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -227,6 +228,113 @@ def test_any_box_of_a_pillow_file_equals_pillows_crop(
     assert_region_is_pillows(made_by_pillow(*case), box)
 
 
+JPEG_CASES = [
+    ("RGB", "tiled", (2, 2)),  # tifffile stores RGB as YCbCr, subsampled 2x2 by default
+    ("RGB", "tiled", (1, 1)),
+    ("RGB", "striped", (2, 1)),
+    ("RGB", "striped-big", (4, 1)),
+    ("RGB", "tiled-big", (2, 1)),
+    ("RGB-stored", "tiled", None),  # PhotometricInterpretation RGB, no colour conversion
+    ("RGB-stored", "striped", None),
+    ("L", "tiled", None),
+    ("L", "striped-big", None),
+]
+
+
+@functools.cache
+def made_as_jpeg(mode: str, layout: str, subsampling: tuple[int, int] | None) -> bytes:
+    options: dict[str, Any] = {"tile": (32, 48)} if layout.startswith("tiled") else {"rowsperstrip": 16}
+    if subsampling:
+        options.update(photometric="ycbcr", subsampling=subsampling)
+    if mode == "RGB-stored":
+        options.update(photometric="rgb", compressionargs={"outcolorspace": "rgb"})
+    image = photo(WIDTH, HEIGHT, "L" if mode == "L" else "RGB")
+    return tifffile_bytes(np.asarray(image), compression="jpeg", bigtiff=layout.endswith("big"), **options)
+
+
+@pytest.mark.parametrize(("mode", "layout", "subsampling"), JPEG_CASES)
+def test_regions_of_jpeg_tiffs_equal_pillows_crop(
+    mode: str, layout: str, subsampling: tuple[int, int] | None
+) -> None:
+    data = made_as_jpeg(mode, layout, subsampling)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        assert int(page.compression) == 7 and page.is_tiled == layout.startswith("tiled")
+        assert int(page.photometric) == {"RGB": 6, "RGB-stored": 2, "L": 1}[mode]
+        assert subsampling is None or page.subsampling == subsampling
+    for box in BOXES:
+        assert_region_is_pillows(data, box)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "YCbCr"])
+def test_regions_of_jpeg_tiffs_that_pillow_wrote_equal_pillows_crop(mode: str) -> None:
+    data = pillow_bytes(photo(WIDTH, HEIGHT, mode), compression="jpeg", quality=80, strip_size=4000)
+    for box in BOXES:
+        assert_region_is_pillows(data, box)
+
+
+def test_a_jfif_stream_in_an_rgb_jpeg_tiff_is_left_unconverted_as_libtiff_leaves_it() -> None:
+    rgb = np.asarray(photo(96, 64))
+    streams = [  # plain JFIF (YCbCr) streams, under a PhotometricInterpretation that says RGB
+        imagecodecs.jpeg8_encode(
+            np.ascontiguousarray(rgb[y : y + 32, x : x + 48]), level=90, subsampling="444"
+        )
+        for y in (0, 32)
+        for x in (0, 48)
+    ]
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        iter(streams),
+        shape=rgb.shape,
+        dtype=np.uint8,
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"outcolorspace": "rgb"},
+        tile=(32, 48),
+        subsampling=(1, 1),
+    )
+    data = buffer.getvalue()
+    assert np.abs(np.asarray(whole(data)).astype(int) - rgb).max() > 50  # Pillow shows the YCbCr values
+    for box in [(0, 0, 96, 64), (40, 20, 60, 40)]:
+        assert_region_is_pillows(data, box)
+
+
+def test_an_rgb_stream_under_a_ycbcr_tag_is_converted_as_libtiff_converts_it() -> None:
+    rgb = np.asarray(photo(48, 32))
+    # an Adobe-marked RGB stream, which a JPEG decoder left alone would not convert
+    stream = imagecodecs.jpeg8_encode(rgb, level=90, colorspace="rgb", outcolorspace="rgb", subsampling="444")
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        iter([stream]),
+        shape=rgb.shape,
+        dtype=np.uint8,
+        photometric="ycbcr",
+        compression="jpeg",
+        subsampling=(1, 1),
+    )
+    data = buffer.getvalue()
+    assert np.abs(np.asarray(whole(data)).astype(int) - rgb).max() > 50  # Pillow converts it as YCbCr
+    assert_region_is_pillows(data, (0, 0, 48, 32))
+
+
+@pytest.mark.parametrize("stored", ["444", "422"])
+def test_a_jpeg_segment_sampled_unlike_its_tags_fails_as_pillow_fails(stored: str) -> None:
+    rgb = np.asarray(photo(48, 32))
+    stream = imagecodecs.jpeg8_encode(rgb, level=90, subsampling=stored)
+    buffer = io.BytesIO()  # the tags say YCbCr 2x2 (the default), the stream says otherwise
+    tifffile.imwrite(
+        buffer, iter([stream]), shape=rgb.shape, dtype=np.uint8, photometric="ycbcr", compression="jpeg"
+    )
+    data = buffer.getvalue()
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(data)).load()
+    layout = tiff_layout(Source(data), len(data))
+    with pytest.raises(InvalidImage):
+        read_region(Source(data), layout, (0, 0, 10, 10))
+
+
 @functools.cache
 def big_tiled() -> bytes:
     """2048x2048 RGB noise in 256x256 deflate tiles: 12 MB raw, about 12 MB compressed."""
@@ -332,8 +440,10 @@ def pillow_bytes(image: Image.Image, **options: Any) -> bytes:
 
 RGB8 = np.zeros((40, 50, 3), np.uint8)
 REFUSED: dict[str, Callable[[], bytes]] = {
-    "tifffile JPEG": lambda: tifffile_bytes(RGB8, compression="jpeg", tile=(16, 16)),
-    "Pillow JPEG": lambda: pillow_bytes(photo(50, 40), compression="jpeg"),
+    "JPEG CMYK": lambda: tifffile_bytes(
+        np.zeros((40, 48, 4), np.uint8), photometric="separated", compression="jpeg", tile=(16, 16)
+    ),
+    "JPEG with alpha": lambda: pillow_bytes(photo(50, 40, "RGBA"), compression="jpeg"),
     "separate planes": lambda: tifffile_bytes(
         np.zeros((3, 40, 50), np.uint8), photometric="rgb", planarconfig="separate"
     ),

@@ -1,32 +1,26 @@
 """Reading one region of a tiled or striped TIFF / BigTIFF: only the tiles or strips it touches.
 
 Pillow decodes a compressed TIFF only whole, so a worker that needs one tile (and its halo)
-of a gigapixel TIFF would hold the whole image.  Here tifffile parses the header and the
-first IFD through a ``read(offset, length)`` callable (so only those bytes are fetched, from
-a file, a chunked Redis value, anything), and the region is built from the segments (TIFF
-tiles or strips) that it touches, each fetched, decoded with imagecodecs and dropped in turn.
-
-The result is exactly ``Image.open(whole).crop(box)`` (mode and bytes): Pillow's own mapping
-from the TIFF tags to a mode (``TiffImagePlugin.OPEN_INFO``) is followed for the layouts
-listed in :func:`tiff_layout`, and every other layout is refused there, up front, with
-:class:`~tilechord.errors.UnsupportedFormat`, so a split can fall back before it enqueues.
+of a gigapixel TIFF would hold the whole image.  From a :class:`~.tiffregion.TiffLayout`
+(parsed by :func:`~.tiffregion.tiff_layout` from the header and IFD alone), the region is
+built from the segments (TIFF tiles or strips) that it touches, each fetched through
+``read(offset, length)``, decoded with imagecodecs and dropped in turn.  The result is
+exactly ``Image.open(whole).crop(box)``, mode and bytes.
 """
 
 from __future__ import annotations
 
-import io
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import cast
 
 import imagecodecs
 import numpy as np
-import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
-from ..errors import InvalidImage, TilechordError, UnsupportedFormat
+from ..errors import InvalidImage
+from .tiffregion import COMPRESSIONS, ReadAt, TiffLayout, tiff_layout
 
 __all__ = [
     "ReadAt",
@@ -39,199 +33,11 @@ __all__ = [
     "read_region",
 ]
 
-#: ``read(offset, length)`` -> exactly those bytes of the source file.
-ReadAt = Callable[[int, int], bytes]
 #: ``(left, upper, right, lower)``, as Pillow's ``crop`` takes it.
 Box = tuple[int, int, int, int]
 
-#: The TIFF compressions read here, by tag value: none, LZW, Adobe deflate, deflate, PackBits.
-COMPRESSIONS: dict[int, str] = {1: "none", 5: "lzw", 8: "adobe_deflate", 32946: "deflate", 32773: "packbits"}
-
-_JPEG = frozenset({6, 7, 34892, 33007})
-
 #: The most bytes one read of back-to-back segments fetches (a single larger segment is read alone).
 RUN_BYTES = 8 << 20
-
-
-@dataclass(frozen=True)
-class TiffLayout:
-    """What frame 0 of a TIFF is, as plain data: enough to fetch and decode any region of it.
-
-    ``segment_width`` x ``segment_height`` is the tile size, or (image width, rows per
-    strip) for strips; segments are numbered row by row, as ``offsets`` and ``bytecounts``.
-    ``samples`` are stored per pixel, of which the first ``kept`` make the Pillow ``mode``
-    (RGBX keeps 3); ``inverted`` is a min-is-white 8-bit or 1-bit image, which Pillow flips.
-    """
-
-    width: int
-    height: int
-    mode: str
-    tiled: bool
-    segment_width: int
-    segment_height: int
-    compression: int
-    predictor: int
-    byteorder: str
-    bits: int
-    samples: int
-    kept: int
-    inverted: bool
-    bigtiff: bool
-    offsets: tuple[int, ...]
-    bytecounts: tuple[int, ...]
-
-    @property
-    def across(self) -> int:
-        """Segments per row of segments (1 for strips)."""
-        return math.ceil(self.width / self.segment_width)
-
-    @property
-    def down(self) -> int:
-        """Rows of segments."""
-        return math.ceil(self.height / self.segment_height)
-
-    @property
-    def stride(self) -> int:
-        """Bytes of one decoded row of one segment (rows of 1-bit pixels end on a byte)."""
-        return (self.segment_width * self.samples * self.bits + 7) // 8
-
-    @property
-    def segment_bytes(self) -> int:
-        """Bytes of one whole decoded segment: what a region read holds per segment at most.
-
-        A striped TIFF written as one huge compressed strip makes this the whole image; a
-        caller that bounds memory checks it before choosing the region path.
-        """
-        return self.stride * self.segment_height
-
-
-class _ReadAtFile(io.RawIOBase):
-    """A read-only, seekable file whose reads go to ``read``: what tifffile parses the IFD through."""
-
-    def __init__(self, read: ReadAt, length: int) -> None:
-        super().__init__()
-        self._read, self._length, self._pos = read, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        count = max(0, min(len(buffer), self._length - self._pos))
-        if count:
-            data = self._read(self._pos, count)
-            if len(data) != count:
-                raise InvalidImage(f"the TIFF source gave {len(data)} bytes at {self._pos}, not {count}")
-            memoryview(buffer)[:count] = data
-            self._pos += count
-        return count
-
-
-def tiff_layout(read: ReadAt, length: int) -> TiffLayout:
-    """Parse the header and first IFD of a TIFF of ``length`` bytes, reading only those bytes.
-
-    Reads regions of: tiled or striped, classic or BigTIFF, compressed as in
-    :data:`COMPRESSIONS` with or without the horizontal predictor, contiguous samples, fill
-    order 1, unsigned integer samples, in the modes RGB, RGBA, RGB (from RGBX), L, LA, L
-    (from LX), CMYK, I;16, I;16B and 1, min-is-white included where Pillow reads it.
-    Raises :class:`UnsupportedFormat` for any other TIFF (JPEG, separate planes, palette,
-    float, 16-bit colour, premultiplied alpha ...), :class:`InvalidImage` for a damaged one.
-    """
-    try:
-        with tifffile.TiffFile(cast("IO[bytes]", _ReadAtFile(read, length))) as tif:
-            page = tif.pages.first
-            layout = _layout_of(page, bigtiff=tif.is_bigtiff, byteorder=tif.byteorder)
-    except TilechordError:
-        raise
-    except Exception as exc:  # tifffile raises anything its parse trips on (TiffFileError, struct ...)
-        raise InvalidImage(f"not a readable TIFF: {type(exc).__name__}: {exc}") from None
-    for offset, count in zip(layout.offsets, layout.bytecounts, strict=True):
-        if count <= 0 or offset < 0 or offset + count > length:
-            raise InvalidImage(f"TIFF segment at {offset} of {count} bytes is outside the {length}-byte file")
-    return layout
-
-
-def _layout_of(page: tifffile.TiffPage, *, bigtiff: bool, byteorder: str) -> TiffLayout:
-    """The layout of one parsed page, or UnsupportedFormat saying what is not read by region."""
-    compression, predictor = int(page.compression), int(page.predictor)
-    if compression in _JPEG:
-        raise UnsupportedFormat("JPEG-compressed TIFF is not read by region (decoded whole instead)")
-    if compression not in COMPRESSIONS:
-        raise UnsupportedFormat(f"TIFF compression {compression} is not read by region")
-    if predictor not in (1, 2) or (predictor == 2 and page.bitspersample not in (8, 16)):
-        bits = page.bitspersample
-        raise UnsupportedFormat(f"TIFF predictor {predictor} on {bits}-bit samples is not read by region")
-    if page.samplesperpixel > 1 and int(page.planarconfig) != 1:
-        raise UnsupportedFormat("TIFF with separate planes (PlanarConfiguration 2) is not read by region")
-    if int(page.fillorder) != 1 or page.imagedepth != 1 or page.is_subsampled:
-        raise UnsupportedFormat("TIFF with fill order 2, depth or subsampling is not read by region")
-    mode, kept, inverted = _pillow_mode(page, byteorder)
-    if page.is_tiled:
-        segment = (page.tilewidth, page.tilelength)
-    else:
-        segment = (page.imagewidth, max(1, min(page.rowsperstrip or page.imagelength, page.imagelength)))
-    layout = TiffLayout(
-        width=page.imagewidth,
-        height=page.imagelength,
-        mode=mode,
-        tiled=page.is_tiled,
-        segment_width=segment[0],
-        segment_height=segment[1],
-        compression=compression,
-        predictor=predictor,
-        byteorder=byteorder,
-        bits=page.bitspersample,
-        samples=page.samplesperpixel,
-        kept=kept,
-        inverted=inverted,
-        bigtiff=bigtiff,
-        offsets=tuple(int(v) for v in page.dataoffsets),
-        bytecounts=tuple(int(v) for v in page.databytecounts),
-    )
-    if min(layout.width, layout.height, *segment) <= 0 or len(layout.offsets) != layout.across * layout.down:
-        raise InvalidImage(f"TIFF of {layout.width}x{layout.height} has {len(layout.offsets)} segments")
-    return layout
-
-
-def _pillow_mode(page: tifffile.TiffPage, byteorder: str) -> tuple[str, int, bool]:
-    """(mode, samples kept, inverted) as Pillow's OPEN_INFO maps these tags, for the layouts read here."""
-    photometric, bits, samples = int(page.photometric), page.bitspersample, page.samplesperpixel
-    extra = tuple(int(v) for v in page.extrasamples)
-    formats = set(np.atleast_1d(page.sampleformat).tolist())
-    described = f"{samples}x{bits}-bit, photometric {photometric}, extra samples {extra}"
-    if formats != {1}:
-        raise UnsupportedFormat(f"TIFF sample format {sorted(formats)} ({described}) is not read by region")
-    key = (photometric, bits, samples, extra)
-    table: dict[tuple[int, int, int, tuple[int, ...]], tuple[str, int, bool]] = {
-        (2, 8, 3, ()): ("RGB", 3, False),
-        (2, 8, 4, ()): ("RGBA", 4, False),
-        (2, 8, 4, (2,)): ("RGBA", 4, False),
-        (2, 8, 4, (999,)): ("RGBA", 4, False),
-        (2, 8, 4, (0,)): ("RGB", 3, False),
-        (5, 8, 4, ()): ("CMYK", 4, False),
-        (1, 8, 1, ()): ("L", 1, False),
-        (0, 8, 1, ()): ("L", 1, True),
-        (1, 8, 2, (2,)): ("LA", 2, False),
-        (1, 8, 2, (0,)): ("L", 1, False),
-        (1, 1, 1, ()): ("1", 1, False),
-        (0, 1, 1, ()): ("1", 1, True),
-        (1, 16, 1, ()): ("I;16" if byteorder == "<" else "I;16B", 1, False),
-    }
-    if key == (0, 16, 1, ()) and byteorder == "<":
-        return "I;16", 1, False  # Pillow reads little-endian min-is-white 16-bit as is, not inverted
-    if key not in table:
-        raise UnsupportedFormat(f"TIFF of {described} is not read by region")
-    return table[key]
 
 
 def _span(layout: TiffLayout, box: Box) -> tuple[int, int, int, int]:
@@ -305,6 +111,8 @@ def _runs(pieces: Iterator[_Piece]) -> Iterator[list[_Piece]]:
 def _decode(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.uint8] | NDArray[np.uint16]:
     """One piece's pixels, (rows, width, kept samples), in Pillow's values (1-bit: 0 or 1)."""
     width, samples, rows = layout.segment_width, layout.samples, piece.rows
+    if layout.compression == 7:
+        return _decode_jpeg(layout, piece, data)
     size = rows * layout.stride
     raw = _decompress(layout, data, size)
     if len(raw) < size:
@@ -321,6 +129,74 @@ def _decode(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.u
     if layout.inverted:
         pixels = np.uint8(255) - pixels
     return pixels[:, :, : layout.kept]
+
+
+def _decode_jpeg(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.uint8]:
+    """One JPEG segment's pixels, converted as libtiff converts them for Pillow."""
+    _check_jpeg_frame(layout, piece, data)
+    cs = imagecodecs.JPEG8.CS
+    # libtiff converts YCbCr to RGB and leaves the rest as stored, whatever the stream's markers say
+    colorspace = {6: cs.YCbCr, 2: cs.RGB}.get(layout.photometric, cs.GRAYSCALE)
+    outcolorspace = cs.GRAYSCALE if layout.photometric == 1 else cs.RGB
+    try:
+        pixels = imagecodecs.jpeg_decode(
+            cast(bytes, data),
+            tables=layout.jpegtables,
+            colorspace=colorspace,
+            outcolorspace=outcolorspace,
+            shape=(piece.rows, layout.segment_width),
+        )
+    except Exception as exc:  # imagecodecs.JpegError and the like
+        raise InvalidImage(f"TIFF segment {piece.index} does not decode (jpeg): {exc}") from None
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    top = (piece.index // layout.across) * layout.segment_height
+    left = (piece.index % layout.across) * layout.segment_width
+    needed = (
+        min(piece.rows, layout.height - top),
+        min(layout.segment_width, layout.width - left),
+        layout.kept,
+    )
+    if pixels.dtype != np.uint8 or any(have < need for have, need in zip(pixels.shape, needed, strict=True)):
+        raise InvalidImage(f"TIFF segment {piece.index} decodes to {pixels.shape}, not {needed}")
+    return pixels[:, :, : layout.kept]
+
+
+def _check_jpeg_frame(layout: TiffLayout, piece: _Piece, head: memoryview) -> None:
+    """Refuse a segment whose JPEG frame libtiff (so Pillow) refuses: its size, components or sampling.
+
+    imagecodecs decodes such a segment anyway, so without this check tilechord would give
+    pixels where Pillow gives an error.
+    """
+    frame = _jpeg_frame(head)
+    if frame is None:
+        raise InvalidImage(f"TIFF segment {piece.index} has no JPEG frame header")
+    precision, height, width, factors = frame
+    expected = [layout.sampling] + [(1, 1)] * (layout.samples - 1)
+    if precision != 8 or len(factors) != layout.samples or factors != expected:
+        raise InvalidImage(
+            f"TIFF segment {piece.index} is a {precision}-bit JPEG sampled {factors}, not {expected}"
+        )
+    if width > layout.segment_width or height > piece.rows:
+        raise InvalidImage(f"TIFF segment {piece.index} is a {width}x{height} JPEG, over its segment")
+
+
+def _jpeg_frame(head: memoryview) -> tuple[int, int, int, list[tuple[int, int]]] | None:
+    """(precision, height, width, each component's (h, v) sampling) from a JPEG's SOF marker."""
+    at = 2
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(head[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            body = head[at + 4 : at + 2 + length]
+            if len(body) < 6 or len(body) < 6 + 3 * body[5]:
+                return None
+            sampling = [(body[7 + 3 * i] >> 4, body[7 + 3 * i] & 15) for i in range(body[5])]
+            return body[0], int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big"), sampling
+        at += 2 + length
+    return None
 
 
 def _decompress(layout: TiffLayout, data: memoryview, size: int) -> memoryview | bytes | bytearray:
@@ -374,7 +250,7 @@ def _paste(
     sx = (piece.index % layout.across) * layout.segment_width
     sy = (piece.index // layout.across) * layout.segment_height + piece.first
     x0, y0 = max(span[0], sx), max(span[1], sy)
-    x1 = min(span[2], sx + layout.segment_width)
+    x1 = min(span[2], sx + pixels.shape[1])
     y1 = min(span[3], sy + pixels.shape[0])
     region[y0 - origin[1] : y1 - origin[1], x0 - origin[0] : x1 - origin[0]] = pixels[
         y0 - sy : y1 - sy, x0 - sx : x1 - sx
