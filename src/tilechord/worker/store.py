@@ -1,5 +1,9 @@
 """The Redis blob store: image bytes move between tasks here, never in messages.
 
+A value over 64 MB (``CHUNK_BYTES``) is stored as chunks under keys of its own
+(:mod:`tilechord.worker.chunks`): Redis refuses a value over 512 MB, and each chunk is
+indexed for cleanup like a tile.
+
 Every write carries a TTL, so a job's data expires even if every process dies.  Keys
 with fixed names (source, plan, result ... see :attr:`JobKeys.fixed`) are deleted by
 name; a tile's key is recorded in the job's index set, so cleanup is one SMEMBERS and
@@ -14,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -26,7 +30,7 @@ from redis.retry import Retry
 
 from ..config import CONNECT_TIMEOUT, HEALTH_CHECK, SOCKET_TIMEOUT, redact_url, redis_ssl_options
 from ..errors import BrokerUnavailable, JobGone, RedisUnreachable
-from .bulk import read_bulk
+from . import chunks
 from .keys import JobKeys
 from .liveness import count_live
 
@@ -128,7 +132,7 @@ class BlobStore:
             pipe = self.client.pipeline(transaction=False)
             for keys, data in sources:
                 pipe.set(keys.live, b"1", ex=self.ttl)
-                pipe.set(keys.source, data, ex=self.ttl)
+                self._queue_value(pipe, keys, keys.source, data)
             pipe.execute()
 
     def is_live(self, keys: JobKeys) -> bool:
@@ -161,7 +165,7 @@ class BlobStore:
             results: list[bytes | None] = []
             pipe = self.client.pipeline(transaction=False)
             for keys, want in jobs:
-                results.append(next(replies) if want else None)
+                results.append(self._whole(keys, keys.result, next(replies)) if want else None)
                 next(replies)
                 members = next(replies)
                 pipe.delete(*keys.fixed, *members)
@@ -231,34 +235,86 @@ class BlobStore:
 
     # -- data -----------------------------------------------------------------------
 
-    def put(self, keys: JobKeys, key: str, data: bytes) -> None:
-        """Store *data* under *key* for a live job; raise :class:`JobGone` otherwise."""
-
-        def write(pipe: Pipeline) -> None:
-            pipe.set(key, data, ex=self.ttl)
-            if key not in keys.fixed:  # a tile's key: cleanup finds it in the index
-                pipe.sadd(keys.index, key)
-                pipe.expire(keys.index, self.ttl)
-
+    def put(self, keys: JobKeys, key: str, data: chunks.Data) -> None:
+        """Store *data* under *key* for a live job (as chunks if large); raise :class:`JobGone` otherwise."""
         self._guarded(
-            keys, write, (key, keys.index), f"job {keys.job_id} was cancelled or expired; dropped {key}"
+            keys,
+            lambda pipe: self._queue_value(pipe, keys, key, data),
+            (keys.index,),
+            f"job {keys.job_id} was cancelled or expired; dropped {key}",
         )
 
+    def put_stream(self, keys: JobKeys, key: str, parts: Iterable[chunks.Data]) -> None:
+        """:meth:`put` of a value as it comes (a source file as it is read), holding one chunk.
+
+        Each chunk is one guarded write; the value reads as absent until its last.
+        """
+        gone = f"job {keys.job_id} was cancelled or expired; dropped {key}"
+
+        def guard(queue: Callable[[Pipeline], list[str]]) -> None:
+            self._guarded(keys, lambda pipe: self._indexed(pipe, keys, queue(pipe)), (keys.index,), gone)
+
+        with self._errors():
+            chunks.put_stream(self.client, key, parts, self.ttl, guard)
+
     def get(self, keys: JobKeys, key: str) -> bytes:
+        """A value as bytes: for small ones (a plan, a statistic); a chunked one costs a copy."""
         with self._errors():
             data = self.client.get(key)
-        if data is None:
+            assert data is None or isinstance(data, bytes)
+            whole = self._whole(keys, key, data)
+        if whole is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
-        assert isinstance(data, bytes)
-        return data
+        return whole
 
     def get_pixels(self, keys: JobKeys, key: str) -> memoryview:
-        """Like :meth:`get`, for a tile's megabytes: read straight into one buffer."""
+        """Like :meth:`get`, for megabytes: read straight into one buffer, chunk by chunk if chunked."""
         with self._errors():
-            data = read_bulk(self.client, key)
+            data = chunks.get(self.client, key)
         if data is None:
             raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
         return data
+
+    def reader(self, keys: JobKeys, key: str) -> tuple[Callable[[int, int], bytes], int]:
+        """A reader of byte ranges of the value under *key*, and its length: what a region decoder reads."""
+        with self._errors():
+            layout = chunks.head(self.client, key)
+        if layout is None:
+            raise JobGone(f"job {keys.job_id}: {key} is missing (the job expired or was cleaned up)")
+
+        def read(offset: int, size: int) -> bytes:
+            with self._errors():
+                return chunks.read_at(self.client, key, offset, size, layout)
+
+        return read, layout.length
+
+    def stream(self, keys: JobKeys, key: str) -> Iterator[memoryview]:
+        """The value under *key* in parts of at most a chunk (to write a big result to a file)."""
+        parts = chunks.iter_chunks(self.client, key)
+        while True:
+            with self._errors():
+                part = next(parts, None)
+            if part is None:
+                return
+            yield part
+
+    def _queue_value(self, pipe: Pipeline, keys: JobKeys, key: str, data: chunks.Data) -> list[str]:
+        """Queue *data* under *key* (as chunks if large) and index the keys cleanup cannot name."""
+        return self._indexed(pipe, keys, chunks.queue_put(pipe, key, data, self.ttl))
+
+    def _indexed(self, pipe: Pipeline, keys: JobKeys, written: list[str]) -> list[str]:
+        indexed = [name for name in written if name not in keys.fixed]  # tiles, chunks
+        if indexed:
+            pipe.sadd(keys.index, *indexed)
+            pipe.expire(keys.index, self.ttl)
+        return written
+
+    def _whole(self, keys: JobKeys, key: str, data: bytes | None) -> bytes | None:
+        """*data* as read by a GET of *key*; the value itself if it is a chunked value's header."""
+        if data is None or chunks.header_of(data) is None:
+            return data
+        value = chunks.get(self.client, key)
+        return None if value is None else bytes(value)
 
     # -- signalling -----------------------------------------------------------------
 
@@ -308,18 +364,19 @@ class BlobStore:
         with self._errors():
             return [int(v or 0) for v in self.client.mget([keys.progress for keys in jobs])]
 
-    def finish(self, keys: JobKeys, result: bytes, count_tile: bool = False) -> None:
+    def finish(self, keys: JobKeys, result: chunks.Data, count_tile: bool = False) -> None:
         """Store a live job's result and tell its client, in one transaction.
 
         :meth:`put`, :meth:`notify` (and with *count_tile*, :meth:`tile_done`) at once: a
         small job does little else, so three round trips would cost more than its edit.
         """
 
-        def write(pipe: Pipeline) -> None:
-            pipe.set(keys.result, result, ex=self.ttl)
+        def write(pipe: Pipeline) -> list[str]:
+            written = self._queue_value(pipe, keys, keys.result, result)
             if count_tile:
                 self._count_tile(pipe, keys, 0)
             self._push_done(pipe, keys, {"ok": True})
+            return written
 
         self._guarded(keys, write, (keys.result, keys.index, keys.progress, keys.finished, keys.done),
                       f"job {keys.job_id} was cancelled or expired; dropped its result")  # fmt: skip
@@ -331,23 +388,28 @@ class BlobStore:
     # -- the guarded write ------------------------------------------------------------
 
     def _guarded(
-        self, keys: JobKeys, write: Callable[[Pipeline], None], undo: tuple[str, ...], gone: str | None
+        self,
+        keys: JobKeys,
+        write: Callable[[Pipeline], Iterable[str] | None],
+        undo: tuple[str, ...],
+        gone: str | None,
     ) -> None:
         """Run *write* in one MULTI with a check that the job is live; take it back if not.
 
         Every write of a task goes through here.  The client's cleanup deletes the live
         mark first, so either a write lands before the cleanup (which deletes it) or
-        after, finds the job gone and deletes *undo* itself: nothing is left behind.
+        after, finds the job gone and deletes *undo* itself, with the keys *write* returns
+        (a value's chunks, whose names only the write knows): nothing is left behind.
         With *gone*, a write to a dead job raises :class:`JobGone` with that message, so
         the task stops; without, it is dropped quietly (counters, end notices).
         """
         with self._errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.exists(keys.live)
-            write(pipe)
+            written = write(pipe) or ()
             live = pipe.execute()[0]
             if not live:
-                self.client.delete(*undo)
+                self.client.delete(*undo, *written)
                 if gone is not None:
                     raise JobGone(gone)
 

@@ -168,7 +168,7 @@ def bind(app: TilechordCelery) -> None:
 def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
     """A tile's input pixels: stored raw by the split, or cut here from the decoded source."""
     if tile.decode:
-        image = decode(app.store.get(keys, keys.source), app.tilechord_settings.max_pixels)
+        image = decode(app.store.get_pixels(keys, keys.source), app.tilechord_settings.max_pixels)
         return image.crop(tile.cut)
     return unpack_raw(app.store.get_pixels(keys, keys.tile(tile.index)))[0]
 
