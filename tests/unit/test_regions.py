@@ -49,6 +49,18 @@ class Source:
         return sum(length for _, length in self.reads)
 
 
+def tifffile_bytes(array: Any, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+def pillow_bytes(image: Image.Image, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", **options)
+    return buffer.getvalue()
+
+
 def pixels(mode: str, seed: int = 0) -> np.ndarray[Any, Any]:
     """Half photo (so predictors and compressors have structure), half noise (so seams show)."""
     left = np.asarray(photo(WIDTH, HEIGHT, "RGBA" if mode in ("RGBA", "RGBX", "CMYK") else "RGB", seed=seed))
@@ -78,10 +90,8 @@ def tifffile_options(mode: str) -> dict[str, Any]:
 
 @functools.cache
 def made_by_tifffile(mode: str, layout: str, compression: str | None, predictor: bool, order: str) -> bytes:
-    buffer = io.BytesIO()
     segments = {"tile": TILE} if layout.startswith("tiled") else {"rowsperstrip": 7}
-    tifffile.imwrite(
-        buffer,
+    return tifffile_bytes(
         pixels(mode.split("-")[0]),
         compression=compression,
         predictor=predictor or None,
@@ -90,7 +100,6 @@ def made_by_tifffile(mode: str, layout: str, compression: str | None, predictor:
         **segments,
         **tifffile_options(mode),
     )
-    return buffer.getvalue()
 
 
 @functools.cache
@@ -98,10 +107,8 @@ def made_by_pillow(mode: str, compression: str | None, predictor: bool) -> bytes
     image = Image.fromarray(pixels(mode)) if mode != "CMYK" else photo(WIDTH, HEIGHT).convert("CMYK")
     if mode == "1":
         image = image.convert("1")
-    buffer = io.BytesIO()
-    options: dict[str, Any] = {"tiffinfo": {317: 2}} if predictor else {}
-    image.save(buffer, "TIFF", compression=compression, strip_size=4000, **options)
-    return buffer.getvalue()
+    options: dict[str, Any] = {"tiffinfo": {317: 2}} if predictor else {}  # 317: Predictor, 2: horizontal
+    return pillow_bytes(image, compression=compression, strip_size=4000, **options)
 
 
 COMPRESSED = ["lzw", "zlib", "deflate"]  # zlib is Adobe deflate (8), deflate is 32946
@@ -273,6 +280,11 @@ def test_regions_of_jpeg_tiffs_that_pillow_wrote_equal_pillows_crop(mode: str) -
         assert_region_is_pillows(data, box)
 
 
+def precompressed(streams: list[bytes], shape: tuple[int, ...], **options: Any) -> bytes:
+    """A JPEG TIFF of the given streams, written as they are: tags and streams may disagree."""
+    return tifffile_bytes(iter(streams), shape=shape, dtype=np.uint8, compression="jpeg", **options)
+
+
 def test_a_jfif_stream_in_an_rgb_jpeg_tiff_is_left_unconverted_as_libtiff_leaves_it() -> None:
     rgb = np.asarray(photo(96, 64))
     streams = [  # plain JFIF (YCbCr) streams, under a PhotometricInterpretation that says RGB
@@ -282,19 +294,8 @@ def test_a_jfif_stream_in_an_rgb_jpeg_tiff_is_left_unconverted_as_libtiff_leaves
         for y in (0, 32)
         for x in (0, 48)
     ]
-    buffer = io.BytesIO()
-    tifffile.imwrite(
-        buffer,
-        iter(streams),
-        shape=rgb.shape,
-        dtype=np.uint8,
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"outcolorspace": "rgb"},
-        tile=(32, 48),
-        subsampling=(1, 1),
-    )
-    data = buffer.getvalue()
+    options = {"compressionargs": {"outcolorspace": "rgb"}, "tile": (32, 48), "subsampling": (1, 1)}
+    data = precompressed(streams, rgb.shape, photometric="rgb", **options)
     assert np.abs(np.asarray(whole(data)).astype(int) - rgb).max() > 50  # Pillow shows the YCbCr values
     for box in [(0, 0, 96, 64), (40, 20, 60, 40)]:
         assert_region_is_pillows(data, box)
@@ -304,17 +305,7 @@ def test_an_rgb_stream_under_a_ycbcr_tag_is_converted_as_libtiff_converts_it() -
     rgb = np.asarray(photo(48, 32))
     # an Adobe-marked RGB stream, which a JPEG decoder left alone would not convert
     stream = imagecodecs.jpeg8_encode(rgb, level=90, colorspace="rgb", outcolorspace="rgb", subsampling="444")
-    buffer = io.BytesIO()
-    tifffile.imwrite(
-        buffer,
-        iter([stream]),
-        shape=rgb.shape,
-        dtype=np.uint8,
-        photometric="ycbcr",
-        compression="jpeg",
-        subsampling=(1, 1),
-    )
-    data = buffer.getvalue()
+    data = precompressed([stream], rgb.shape, photometric="ycbcr", subsampling=(1, 1))
     assert np.abs(np.asarray(whole(data)).astype(int) - rgb).max() > 50  # Pillow converts it as YCbCr
     assert_region_is_pillows(data, (0, 0, 48, 32))
 
@@ -323,11 +314,7 @@ def test_an_rgb_stream_under_a_ycbcr_tag_is_converted_as_libtiff_converts_it() -
 def test_a_jpeg_segment_sampled_unlike_its_tags_fails_as_pillow_fails(stored: str) -> None:
     rgb = np.asarray(photo(48, 32))
     stream = imagecodecs.jpeg8_encode(rgb, level=90, subsampling=stored)
-    buffer = io.BytesIO()  # the tags say YCbCr 2x2 (the default), the stream says otherwise
-    tifffile.imwrite(
-        buffer, iter([stream]), shape=rgb.shape, dtype=np.uint8, photometric="ycbcr", compression="jpeg"
-    )
-    data = buffer.getvalue()
+    data = precompressed([stream], rgb.shape, photometric="ycbcr")  # tagged 2x2, the default
     with pytest.raises(OSError):
         Image.open(io.BytesIO(data)).load()
     layout = tiff_layout(Source(data), len(data))
@@ -339,9 +326,7 @@ def test_a_jpeg_segment_sampled_unlike_its_tags_fails_as_pillow_fails(stored: st
 def big_tiled() -> bytes:
     """2048x2048 RGB noise in 256x256 deflate tiles: 12 MB raw, about 12 MB compressed."""
     noise = np.random.default_rng(7).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, noise, tile=(256, 256), compression="zlib", bigtiff=True)
-    return buffer.getvalue()
+    return tifffile_bytes(noise, tile=(256, 256), compression="zlib", bigtiff=True)
 
 
 def segment_ranges(layout: TiffLayout) -> list[tuple[int, int]]:
@@ -352,13 +337,7 @@ def test_the_layout_is_parsed_without_fetching_any_segment() -> None:
     data = big_tiled()
     source = Source(data)
     layout = tiff_layout(source, len(data))
-    assert (layout.width, layout.height, layout.mode, layout.tiled, layout.bigtiff) == (
-        2048,
-        2048,
-        "RGB",
-        True,
-        True,
-    )
+    assert (layout.width, layout.height, layout.mode) == (2048, 2048, "RGB") and layout.tiled
     assert source.fetched < 4096  # a header and an IFD of 64 tiles
     for start, length in source.reads:
         for offset, count in segment_ranges(layout):
@@ -424,18 +403,6 @@ def test_a_layout_is_plain_data_that_can_be_rebuilt_from_its_fields() -> None:
         read_region(Source(data), rebuilt, (5, 5, 90, 60)).tobytes()
         == whole(data).crop((5, 5, 90, 60)).tobytes()
     )
-
-
-def tifffile_bytes(array: np.ndarray[Any, Any], **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, **options)
-    return buffer.getvalue()
-
-
-def pillow_bytes(image: Image.Image, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "TIFF", **options)
-    return buffer.getvalue()
 
 
 RGB8 = np.zeros((40, 50, 3), np.uint8)
