@@ -316,6 +316,15 @@ def test_a_zlib_stream_that_ends_before_the_last_row_is_invalid_image() -> None:
     png += _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
     with pytest.raises(InvalidImage, match="ends before the last row"):
         list(iter_strips(png, 3, LIMIT))
+    # Pillow itself leaves the missing rows black here (the stream's end came with the last
+    # row's data), and calls the same file truncated when the end comes in a later chunk.
+    assert _pillow_result(png) == _flat(rows, 4) + bytes(6 * 30)
+
+
+def _flat(filtered: bytes, count: int) -> bytes:
+    """The pixel bytes of *count* unfiltered (filter 0) scanlines."""
+    size = len(filtered) // count
+    return b"".join(filtered[i * size + 1 : (i + 1) * size] for i in range(count))
 
 
 # ----------------------------------------------------------------------------- memory
