@@ -310,6 +310,18 @@ def test_an_rgb_stream_under_a_ycbcr_tag_is_converted_as_libtiff_converts_it() -
     assert_region_is_pillows(data, (0, 0, 48, 32))
 
 
+def test_a_last_jpeg_strip_with_the_full_rows_per_strip_is_taken_as_libtiff_takes_it() -> None:
+    rgb = np.zeros((48, 48, 3), np.uint8)
+    rgb[:40] = np.asarray(photo(48, 40))
+    streams = [  # three strips of 16 rows for 40 rows: the last stream still has 16
+        imagecodecs.jpeg8_encode(np.ascontiguousarray(rgb[y : y + 16]), level=90, subsampling="444")
+        for y in (0, 16, 32)
+    ]
+    data = precompressed(streams, (40, 48, 3), photometric="ycbcr", subsampling=(1, 1), rowsperstrip=16)
+    for box in [(0, 0, 48, 40), (3, 30, 40, 40)]:
+        assert_region_is_pillows(data, box)
+
+
 @pytest.mark.parametrize("stored", ["444", "422"])
 def test_a_jpeg_segment_sampled_unlike_its_tags_fails_as_pillow_fails(stored: str) -> None:
     rgb = np.asarray(photo(48, 32))

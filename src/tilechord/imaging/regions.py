@@ -133,7 +133,7 @@ def _decode(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.u
 
 def _decode_jpeg(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray[np.uint8]:
     """One JPEG segment's pixels, converted as libtiff converts them for Pillow."""
-    _check_jpeg_frame(layout, piece, data)
+    height, width = _check_jpeg_frame(layout, piece, data)
     cs = imagecodecs.JPEG8.CS
     # libtiff converts YCbCr to RGB and leaves the rest as stored, whatever the stream's markers say
     colorspace = {6: cs.YCbCr, 2: cs.RGB}.get(layout.photometric, cs.GRAYSCALE)
@@ -144,7 +144,7 @@ def _decode_jpeg(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray
             tables=layout.jpegtables,
             colorspace=colorspace,
             outcolorspace=outcolorspace,
-            shape=(piece.rows, layout.segment_width),
+            shape=(height or piece.rows, width or layout.segment_width),
         )
     except Exception as exc:  # imagecodecs.JpegError and the like
         raise InvalidImage(f"TIFF segment {piece.index} does not decode (jpeg): {exc}") from None
@@ -161,11 +161,12 @@ def _decode_jpeg(layout: TiffLayout, piece: _Piece, data: memoryview) -> NDArray
     return pixels[:, :, : layout.kept]
 
 
-def _check_jpeg_frame(layout: TiffLayout, piece: _Piece, head: memoryview) -> None:
-    """Refuse a segment whose JPEG frame libtiff (so Pillow) refuses: its size, components or sampling.
+def _check_jpeg_frame(layout: TiffLayout, piece: _Piece, head: memoryview) -> tuple[int, int]:
+    """The (height, width) of a segment's JPEG frame, refused where libtiff (so Pillow) refuses it.
 
-    imagecodecs decodes such a segment anyway, so without this check tilechord would give
-    pixels where Pillow gives an error.
+    imagecodecs decodes a frame of other components, sampling or size anyway, so without this
+    check tilechord would give pixels where Pillow gives an error.  As libtiff, a last strip
+    whose frame still has the full rows per strip is taken (and its extra rows dropped).
     """
     frame = _jpeg_frame(head)
     if frame is None:
@@ -176,8 +177,9 @@ def _check_jpeg_frame(layout: TiffLayout, piece: _Piece, head: memoryview) -> No
         raise InvalidImage(
             f"TIFF segment {piece.index} is a {precision}-bit JPEG sampled {factors}, not {expected}"
         )
-    if width > layout.segment_width or height > piece.rows:
+    if width > layout.segment_width or height > layout.segment_height:
         raise InvalidImage(f"TIFF segment {piece.index} is a {width}x{height} JPEG, over its segment")
+    return height, width
 
 
 def _jpeg_frame(head: memoryview) -> tuple[int, int, int, list[tuple[int, int]]] | None:
