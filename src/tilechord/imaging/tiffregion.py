@@ -91,7 +91,8 @@ class TiffLayout:
         """Bytes of one whole decoded segment: what a region read holds per segment at most.
 
         A striped TIFF written as one huge compressed strip makes this the whole image; a
-        caller that bounds memory checks it before choosing the region path.
+        caller that bounds memory checks it before choosing the region path.  (Of an
+        uncompressed segment only the rows a box needs are read, whatever its size.)
         """
         return self.stride * self.segment_height
 
