@@ -113,6 +113,7 @@ _VARIABLES: tuple[_Variable, ...] = (
     _Variable("job_timeout", "TILECHORD_JOB_TIMEOUT", _float, lambda s: repr(float(s))),  # repr: exact
     _Variable("lease", "TILECHORD_LEASE", _float, lambda s: repr(float(s))),
     _Variable("max_pixels", "TILECHORD_MAX_PIXELS", _read_whole(1), str),
+    _Variable("max_stream_pixels", "TILECHORD_MAX_STREAM_PIXELS", _read_whole(1), str),
     _Variable("max_bytes", "TILECHORD_MAX_BYTES", _read_whole(1), str),
     _Variable("max_tiles", "TILECHORD_MAX_TILES", _read_whole(1), str),
     _Variable("workers", "TILECHORD_WORKERS", _read_whole(1), str),
@@ -138,6 +139,9 @@ class Settings:
     #: loses its tiles to another worker this long after its last renewal.
     lease: float = 10.0
     max_pixels: int = 178_956_970  # Pillow's own decompression-bomb error threshold
+    #: The limit of a job that streams (a tiled or striped TIFF in, a TIFF out): no process
+    #: holds its whole image, so it may be far larger than one that is decoded whole.
+    max_stream_pixels: int = 10_000_000_000
     max_bytes: int = 512 * 1024 * 1024
     max_tiles: int = 256
     max_side: int = 1024  # a grid may have at most this many columns or rows
