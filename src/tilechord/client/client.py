@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from PIL import Image
 
 from ..config import Settings
-from ..errors import InvalidGrid, InvalidImage, UnsupportedMode
+from ..errors import ImageTooLarge, InvalidGrid, InvalidImage, UnsupportedMode
 from ..imaging import Grid, auto_grid, parse_grid
 from ..imaging.decode import SourceInfo, frame_count, inspect_source
 from ..imaging.encode import check_format, check_frames
@@ -24,6 +24,7 @@ from ..imaging.raw import pack_raw, unpack_raw
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import JobSpec
+from ..worker.stream import region_layout, stream_grid, streams_output
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
 from .sources import Source, read_source
@@ -66,6 +67,34 @@ def _check_frames(pipeline: Pipeline, frames: tuple[FrameInfo, ...], fmt: str, s
                 ) from None
         made.append((out_modes[frame.mode], pipeline.output_size(frame.size)))
     return check_frames(fmt, made)
+
+
+def _by_region(data: bytes) -> bool:
+    """Whether the source is a TIFF whose tiles can read their own regions (no whole decode)."""
+    return region_layout(lambda offset, size: data[offset : offset + size], len(data)) is not None
+
+
+class _Planned(NamedTuple):
+    """What :meth:`Client._plan` found: the checked job, before anything is sent."""
+
+    pipeline: Pipeline
+    grid: Grid
+    info: SourceInfo
+    format: str | None
+    frames: int
+    stream: bool
+
+
+def _check_limit(info: SourceInfo, settings: Settings) -> None:
+    """``TILECHORD_MAX_PIXELS``, for a job some process holds whole (not one that streams)."""
+    pixels = info.size[0] * info.size[1]
+    if pixels <= settings.max_pixels:
+        return
+    raise ImageTooLarge(
+        f"the image has {pixels:,} pixels, over the limit of {settings.max_pixels:,} (TILECHORD_MAX_PIXELS) "
+        "for an image decoded or encoded whole; a tiled or striped TIFF edited into a TIFF streams, up to "
+        f"{settings.max_stream_pixels:,} (TILECHORD_MAX_STREAM_PIXELS)"
+    )
 
 
 class Client:
@@ -118,13 +147,16 @@ class Client:
         self, data: bytes, ops: Ops, grid: GridSpec, format: str | None
     ) -> tuple[Pipeline, Grid, SourceInfo, str | None]:
         """Validate a job completely without enqueuing anything."""
-        return self._plan(data, parse_pipeline(ops), grid, format, None)
+        planned = self._plan(data, parse_pipeline(ops), grid, format, None)
+        return planned.pipeline, planned.grid, planned.info, planned.format
 
     def _plan(
         self, data: bytes, pipeline: Pipeline, grid: GridSpec, format: str | None, checked: Checked | None
-    ) -> tuple[Pipeline, Grid, SourceInfo, str | None]:
+    ) -> _Planned:
         settings = self.configured
-        info = inspect_source(data, settings.max_pixels)
+        by_region = _by_region(data)
+        limit = max(settings.max_pixels, settings.max_stream_pixels) if by_region else settings.max_pixels
+        info = inspect_source(data, limit, by_region=by_region)
         fmt = format if format is not None else info.format
         key = (info.mode, fmt)
         if checked is not None and key in checked:  # a batch: same pipeline, same mode and format
@@ -135,20 +167,31 @@ class Client:
                 fmt = check_format(fmt, out_mode)
             if checked is not None:
                 checked[key] = fmt
+        frames = frame_count(info, fmt, limit)
+        stream = streams_output(pipeline, fmt, pipeline.check_mode(info.mode), info.size, frames)
+        if not (by_region and stream):  # some process holds the image: the usual limit
+            _check_limit(info, settings)
+            frames = frame_count(info, fmt, settings.max_pixels)
+        used = self._grid(grid, info, pipeline, stream)
+        if frames > 1 and fmt is not None:  # every frame the output holds, from the file itself
+            fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
+        return _Planned(pipeline, used, info, fmt, frames, stream)
+
+    def _grid(self, grid: GridSpec, info: SourceInfo, pipeline: Pipeline, stream: bool) -> Grid:
+        """The grid used: clipped to the image; for a streamed output, aligned and bounded tiles."""
+        settings = self.configured
         if _is_auto(grid):
             chosen = auto_grid(info.size[0], info.size[1], max(1, settings.workers))
         else:
             chosen = parse_grid(grid, max_side=settings.max_side)
-        used = chosen.clip(*info.size)
+        used = stream_grid(info.size, chosen, pipeline.halo) if stream else chosen.clip(*info.size)
         if used.cols * used.rows > settings.max_tiles:
             raise InvalidGrid(
                 f"grid {chosen} makes {used.cols * used.rows} tiles, over the limit of "
                 f"{settings.max_tiles} (TILECHORD_MAX_TILES)"
+                + (" (a streamed job's tiles hold at most 48 MB each)" if stream else "")
             )
-        frames = frame_count(info, fmt, settings.max_pixels)
-        if frames > 1 and fmt is not None:  # every frame the output holds, from the file itself
-            fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
-        return pipeline, used, info, fmt
+        return used
 
     def prepare(
         self,
@@ -163,9 +206,8 @@ class Client:
         The first half of :meth:`submit`; :meth:`start_prepared` is the second.  The async face
         and :meth:`map` call the two apart.  *checked* caches the pipeline's checks by mode.
         """
-        pipeline, used, info, fmt = self._plan(data, pipeline, grid, format, checked)
-        frames = frame_count(info, fmt, self.configured.max_pixels)
-        return Prepared(data, pipeline, used, info, fmt, frames)
+        p = self._plan(data, pipeline, grid, format, checked)
+        return Prepared(data, p.pipeline, p.grid, p.info, p.format, p.frames, p.stream)
 
     def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
         """Store a prepared job's source and send its split; its keys go again if sending fails."""
@@ -174,8 +216,9 @@ class Client:
         app = self.app
         keys = JobKeys(new_job_id())
         spec = JobSpec(
-            keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames
-        )
+            keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames,
+            job.stream,
+        )  # fmt: skip
         info = job.info
         describe = (
             f"{info.size[0]}x{info.size[1]} {info.format or 'raw'} {info.mode}, "

@@ -55,6 +55,7 @@ class Prepared:
     info: SourceInfo
     format: str | None
     frames: int
+    stream: bool = False  # a TIFF written as its tiles come (tilechord.worker.stream)
 
     @property
     def tiles(self) -> int:

@@ -26,6 +26,7 @@ __all__ = [
     "LAYERED_FORMATS",
     "DECODE_ERRORS",
     "open_checked",
+    "open_file",
     "count_frames",
     "check_total",
     "check_pillow_limit",
@@ -211,6 +212,27 @@ def _open(data: Data, max_pixels: int) -> Image.Image:
     return image
 
 
+def open_file(fp: IO[bytes], max_pixels: int) -> Image.Image:
+    """The header of a source read through a file object, checked (a big TIFF read by region).
+
+    The merge reads a region-read source's metadata this way, fetching only its header.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            try:
+                image: Image.Image = Image.open(fp)
+            except Image.DecompressionBombError:
+                fp.seek(0)
+                image = _open_unchecked(fp)
+        except UnidentifiedImageError:
+            raise InvalidImage("the input is not an image in a format Pillow can read") from None
+        except DECODE_ERRORS as exc:
+            raise InvalidImage(f"cannot read the image header: {exc}") from None
+    _check_pixels(image.size, max_pixels)
+    return image
+
+
 def open_checked(data: Data, max_pixels: int) -> Image.Image:
     """The header, opened and checked against tilechord's limit (for :mod:`.frames`)."""
     return _open(data, max_pixels)
@@ -234,8 +256,12 @@ def count_frames(image: Image.Image) -> int:
         raise InvalidImage(f"cannot count the frames of the {image.format} image: {exc}") from None
 
 
-def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
-    """Read just the header: cheap, and enough to plan and validate a job."""
+def inspect_source(data: Data, max_pixels: int, *, by_region: bool = False) -> SourceInfo:
+    """Read just the header: cheap, and enough to plan and validate a job.
+
+    *by_region*: the source is a TIFF that tiles read by region, never Pillow's decoder,
+    so the limit Pillow's TIFF decoder applies as it loads does not apply to it.
+    """
     if is_raw(data):
         try:
             image, _ = unpack_raw(data)
@@ -245,7 +271,8 @@ def inspect_source(data: Data, max_pixels: int) -> SourceInfo:
         return SourceInfo(None, image.mode, image.size)
     image = _open(data, max_pixels)
     fmt = image.format
-    check_pillow_limit(fmt, image.size, f"the {fmt} image is too large for Pillow to decode")
+    if not by_region:
+        check_pillow_limit(fmt, image.size, f"the {fmt} image is too large for Pillow to decode")
     if fmt in MODE_ON_LOAD:
         image = decode(data, max_pixels)
         _check_pixels(image.size, max_pixels)

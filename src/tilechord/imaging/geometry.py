@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidGrid
 
-__all__ = ["Tile", "Grid", "parse_grid", "tiles", "auto_grid"]
+__all__ = ["Tile", "Grid", "parse_grid", "tiles", "aligned_edges", "auto_grid"]
 
 Box = tuple[int, int, int, int]
 
@@ -85,18 +85,39 @@ def _edges(length: int, parts: int) -> list[int]:
     return [i * length // parts for i in range(parts + 1)]
 
 
-def tiles(width: int, height: int, grid: Grid, halo: int = 0) -> list[Tile]:
-    """The tiles of a ``width x height`` image, row by row, each cut with *halo*."""
+def aligned_edges(length: int, parts: int, align: int) -> list[int]:
+    """Cut points at multiples of *align* (the last at *length*): cells of one size, the last shorter.
+
+    The cell is ``ceil(length / parts)`` rounded up to *align*; with *parts* at most
+    ``ceil(length / align)`` there are exactly *parts* cells (a streamed TIFF's job tiles,
+    each holding whole TIFF tiles of the output).
+    """
+    cell = _ceil(_ceil(length, parts), align) * align
+    return [min(i * cell, length) for i in range(_ceil(length, cell) + 1)]
+
+
+def _ceil(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def tiles(width: int, height: int, grid: Grid, halo: int = 0, align: int | None = None) -> list[Tile]:
+    """The tiles of a ``width x height`` image, row by row, each cut with *halo*.
+
+    With *align*, the cores' edges fall on multiples of it (:func:`aligned_edges`).
+    """
     if width < 1 or height < 1:
         raise InvalidGrid(f"cannot tile an empty {width}x{height} image")
     if halo < 0:
         raise ValueError("halo must not be negative")
     g = grid.clip(width, height)
-    xs, ys = _edges(width, g.cols), _edges(height, g.rows)
-    count = g.cols * g.rows
+    if align is None:
+        xs, ys = _edges(width, g.cols), _edges(height, g.rows)
+    else:
+        xs, ys = aligned_edges(width, g.cols, align), aligned_edges(height, g.rows, align)
+    count = (len(xs) - 1) * (len(ys) - 1)
     out: list[Tile] = []
-    for r in range(g.rows):
-        for c in range(g.cols):
+    for r in range(len(ys) - 1):
+        for c in range(len(xs) - 1):
             box = (xs[c], ys[r], xs[c + 1], ys[r + 1])
             cut = (
                 max(0, box[0] - halo),

@@ -20,10 +20,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from ..errors import InvalidImage
-from .tiffregion import COMPRESSIONS, ReadAt, TiffLayout, tiff_layout
+from .tiffregion import COMPRESSIONS, ReadAt, ReadAtFile, TiffLayout, tiff_layout
 
 __all__ = [
     "ReadAt",
+    "ReadAtFile",
     "Box",
     "TiffLayout",
     "COMPRESSIONS",

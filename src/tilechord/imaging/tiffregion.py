@@ -23,7 +23,7 @@ import tifffile
 
 from ..errors import InvalidImage, TilechordError, UnsupportedFormat
 
-__all__ = ["ReadAt", "COMPRESSIONS", "TiffLayout", "tiff_layout"]
+__all__ = ["ReadAt", "COMPRESSIONS", "ReadAtFile", "TiffLayout", "tiff_layout"]
 
 #: ``read(offset, length)`` -> exactly those bytes of the source file.
 ReadAt = Callable[[int, int], bytes]
@@ -97,7 +97,7 @@ class TiffLayout:
         return self.stride * self.segment_height
 
 
-class _ReadAtFile(io.RawIOBase):
+class ReadAtFile(io.RawIOBase):
     """A read-only, seekable file whose reads go to ``read``: what tifffile parses the IFD through."""
 
     def __init__(self, read: ReadAt, length: int) -> None:
@@ -142,7 +142,7 @@ def tiff_layout(read: ReadAt, length: int) -> TiffLayout:
     damaged one.
     """
     try:
-        with tifffile.TiffFile(cast("IO[bytes]", _ReadAtFile(read, length))) as tif:
+        with tifffile.TiffFile(cast("IO[bytes]", ReadAtFile(read, length))) as tif:
             page = tif.pages.first
             layout = _layout_of(page, bigtiff=tif.is_bigtiff, byteorder=tif.byteorder)
     except TilechordError:

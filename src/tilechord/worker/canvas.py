@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from celery import chord, group
 
 from ..imaging import Grid, tiles
+from ..imaging.tiffout import TILE as STREAM_TILE
 from ..ops import Pipeline
 from .keys import JobKeys
 from .specs import EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
@@ -68,20 +69,27 @@ def split_signature(app: TilechordCelery, spec: JobSpec, describe: str) -> Any:
 
 
 def job_tiles(spec: JobSpec, plan: Plan, halo: int) -> list[TileSpec]:
-    """Every tile of every frame, numbered across frames: the same list in every task."""
+    """Every tile of every frame, numbered across frames: the same list in every task.
+
+    A streamed output's tiles are aligned to its TIFF tiles (:mod:`tilechord.worker.stream`).
+    """
     grid = Grid(*spec.grid)
     frames = plan.frames
+    align = STREAM_TILE if spec.stream else None
     out: list[TileSpec] = []
     for frame, (width, height) in enumerate(plan.sizes):
-        for tile in tiles(width, height, grid, halo):
+        for tile in tiles(width, height, grid, halo, align):
             label = tile.describe() if frames == 1 else f"frame {frame + 1}/{frames}, {tile.describe()}"
-            out.append(TileSpec(len(out), frame, tile.cut, tile.box, (width, height), label, plan.decode))
+            where = (frame, tile.cut, tile.box, (width, height), label)
+            out.append(TileSpec(len(out), *where, plan.decode, plan.region, spec.stream))
     return out
 
 
 def tile_count(spec: JobSpec, sizes: tuple[tuple[int, int], ...]) -> int:
     """Tiles in all, the grid clipped to each frame as :func:`job_tiles` clips it."""
     grid = Grid(*spec.grid)
+    if spec.stream:
+        return sum(len(tiles(w, h, grid, 0, STREAM_TILE)) for w, h in sizes)
     return sum(clipped.cols * clipped.rows for clipped in (grid.clip(w, h) for w, h in sizes))
 
 

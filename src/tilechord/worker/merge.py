@@ -7,13 +7,15 @@ The result and the client's end notice are written in one transaction.
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..imaging.decode import Timing, open_checked
+from ..imaging.decode import Timing, open_checked, open_file
 from ..imaging.encode import encode_frames
 from ..imaging.raw import Data, join_strips, unpack_raw
+from ..imaging.regions import ReadAtFile
 from ..ops import Pipeline
 from .canvas import job_tiles
 from .keys import JobKeys
@@ -58,11 +60,23 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
     frames, read = _strips(app, keys, pipeline, layout)
     if not frames:
         frames = _pasted(app, keys, pipeline, layout, plan, read)
-    # The source again, for its metadata (its header only); a raw one has none to read.
-    # tilechord's pixel limit, not Pillow's: over 179 MP, Image.open alone would refuse it.
-    max_pixels = app.tilechord_settings.max_pixels
-    source = None if plan.raw else open_checked(app.store.get(keys, keys.source), max_pixels)
-    return finish(app, keys, spec, frames, plan.timing, source)
+    return finish(app, keys, spec, frames, plan.timing, _source_header(app, keys, plan))
+
+
+def _source_header(app: TilechordCelery, keys: JobKeys, plan: Plan) -> Image.Image | None:
+    """The source opened again for its metadata, or ``None`` for a raw one (it has none).
+
+    tilechord's pixel limit, not Pillow's: over 179 MP, ``Image.open`` alone refuses.  A
+    source read by region is opened through a reader of its bytes, fetching its header only.
+    """
+    settings = app.tilechord_settings
+    if plan.raw:
+        return None
+    if plan.region:
+        read, length = app.store.reader(keys, keys.source)
+        fp = io.BufferedReader(ReadAtFile(read, length), buffer_size=1 << 16)
+        return open_file(fp, max(settings.max_pixels, settings.max_stream_pixels))
+    return open_checked(app.store.get_pixels(keys, keys.source), settings.max_pixels)
 
 
 def _strips(

@@ -60,21 +60,25 @@ class JobSpec:
     grid: tuple[int, int]  # (cols, rows), already clipped to the image
     format: str | None  # the output's Pillow format; None for a raw result (process_image)
     frames: int = 1
+    stream: bool = False  # a TIFF written as the tiles come (tilechord.worker.stream)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "job": self.job,
             "ops": self.ops,
             "grid": list(self.grid),
             "format": self.format,
             "frames": self.frames,
         }
+        if self.stream:
+            out["stream"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
         cols, rows = data["grid"]
         return cls(data["job"], list(data["ops"]), (int(cols), int(rows)), data["format"],
-                   int(data.get("frames", 1)))  # fmt: skip
+                   int(data.get("frames", 1)), bool(data.get("stream", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,11 @@ class TileSpec:
     size: Size  # the frame's size
     label: str  # "tile 2/6 at (120, 0) 120x120", for logs and Flower
     decode: bool = False  # True: the tile decodes the source itself (a small JPEG grid)
+    region: bool = False  # True: the tile reads its cut box from the TIFF source by region
+    stream: bool = False  # True: the edited core is stored as compressed TIFF tiles
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "index": self.index,
             "frame": self.frame,
             "cut": list(self.cut),
@@ -99,6 +105,11 @@ class TileSpec:
             "label": self.label,
             "decode": self.decode,
         }
+        if self.region:
+            out["region"] = True
+        if self.stream:
+            out["stream"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TileSpec:
@@ -110,6 +121,8 @@ class TileSpec:
             size=_size(data["size"]),
             label=str(data["label"]),
             decode=bool(data.get("decode", False)),
+            region=bool(data.get("region", False)),
+            stream=bool(data.get("stream", False)),
         )
 
 
@@ -121,6 +134,9 @@ class Plan:
     timing: Mapping[str, Any] = field(default_factory=dict)  # an animation's durations and loop
     decode: bool = False  # each tile decodes the source (no raw tiles stored)
     raw: bool = False  # the source is tilechord's raw format: no metadata to carry over
+    region: bool = False  # each tile reads its region of the TIFF source (no raw tiles stored)
+    stream: bool = False  # the output TIFF is written as the tiles come, from aligned tiles
+    mode: str | None = None  # the output's mode, for a streamed output's writer
 
     @property
     def frames(self) -> int:
@@ -132,6 +148,11 @@ class Plan:
             out["decode"] = True
         else:
             out["raw"] = self.raw
+        for name in ("region", "stream"):
+            if getattr(self, name):
+                out[name] = True
+        if self.mode is not None:
+            out["mode"] = self.mode
         return out
 
     @classmethod
@@ -141,4 +162,7 @@ class Plan:
             timing=dict(data.get("timing") or {}),
             decode=bool(data.get("decode", False)),
             raw=bool(data.get("raw", False)),
+            region=bool(data.get("region", False)),
+            stream=bool(data.get("stream", False)),
+            mode=data.get("mode"),
         )

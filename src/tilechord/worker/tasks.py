@@ -46,6 +46,7 @@ from .keys import JobKeys
 from .merge import finish, merge_frames
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
+from .stream import encode_core, merge_stream, read_piece, region_layout
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -62,8 +63,9 @@ def split(self: Task, spec_json: dict[str, Any]) -> Any:
     app, keys = _app(self), JobKeys(spec.job)
     with reported(app, keys, "split"):
         pipeline = Pipeline.from_json(spec.ops)  # in here: a worker without a plugin reports it
-        source = app.store.get_pixels(keys, keys.source)
-        plan = _cut(app, keys, spec, pipeline, source)
+        plan: Plan | Image.Image | None = _region_plan(app, keys, spec, pipeline)  # the header only
+        if plan is None:
+            plan = _cut(app, keys, spec, pipeline, app.store.get_pixels(keys, keys.source))
         if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
             return finish(app, keys, spec, [pipeline.apply(plan)], {}, plan, count_tile=True)
         next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)  # the split's result stays short
@@ -109,7 +111,8 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
         pipeline = Pipeline.from_json(ops)
         known = _histograms(app, keys, pipeline, tile.frame, len(pipeline.global_steps))
         out, dest = pipeline.run_tile(_piece(app, keys, tile), tile.cut, tile.box, tile.size, known)
-        app.store.put(keys, keys.edited(tile.index), pack_raw(out, {"box": list(dest)}))
+        core = encode_core(out) if tile.stream else pack_raw(out, {"box": list(dest)})
+        app.store.put(keys, keys.edited(tile.index), core)
         app.store.tile_done(keys, tile.index)
     return {"tile": tile.index, "box": list(dest)}
 
@@ -121,6 +124,9 @@ def merge(self: Task, spec_json: dict[str, Any]) -> Any:
         plan = Plan.from_json(_load_json(app, keys, keys.plan))
         layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
         _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
+        if plan.stream:
+            size = merge_stream(app, keys, spec, plan, layout)
+            return {"size": list(plan.sizes[0]), "mode": plan.mode, "format": "TIFF", "bytes": size}
         return merge_frames(app, keys, spec, plan)
 
 
@@ -167,6 +173,8 @@ def bind(app: TilechordCelery) -> None:
 
 def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
     """A tile's input pixels: stored raw by the split, or cut here from the decoded source."""
+    if tile.region:
+        return read_piece(app, keys, tile)
     if tile.decode:
         image = decode(app.store.get_pixels(keys, keys.source), app.tilechord_settings.max_pixels)
         return image.crop(tile.cut)
@@ -180,17 +188,42 @@ def _cut(
     max_pixels = app.tilechord_settings.max_pixels
     if spec.frames == 1 and not is_raw(source):
         info = inspect_source(source, max_pixels)  # the header only
-        in_place = Plan(sizes=(info.size,), decode=True)
+        in_place = Plan(sizes=(info.size,), decode=True, **_output(spec, pipeline, info.mode))
         tiles_in_all = tile_count(spec, in_place.sizes)
         if 1 < tiles_in_all <= DECODE_IN_PLACE_TILES and info.format in DECODE_IN_PLACE_FORMATS:
             app.store.put(keys, keys.plan, json.dumps(in_place.to_json()).encode())
             return in_place
     frames, timing = decode_frames(source, max_pixels, spec.frames)
-    plan = Plan(tuple(f.size for f in frames), timing.to_json(), raw=is_raw(source))
+    extra = _output(spec, pipeline, frames[0].mode)
+    plan = Plan(tuple(f.size for f in frames), timing.to_json(), raw=is_raw(source), **extra)
     if tile_count(spec, plan.sizes) == 1:
         return frames[0]
     for tile in job_tiles(spec, plan, pipeline.halo):
         app.store.put(keys, keys.tile(tile.index), pack_raw(frames[tile.frame].crop(tile.cut)))
+    app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+    return plan
+
+
+def _output(spec: JobSpec, pipeline: Pipeline, mode: str) -> dict[str, Any]:
+    """A plan's fields for a streamed output: the flag, and the mode its writer needs."""
+    return {"stream": True, "mode": pipeline.check_mode(mode)} if spec.stream else {}
+
+
+def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline) -> Plan | None:
+    """The plan of a single-frame TIFF whose tiles read their own regions, from its header alone.
+
+    ``None`` for anything else (and for a one-tile job, which runs whole in the split).
+    """
+    if spec.frames != 1:
+        return None
+    read, length = app.store.reader(keys, keys.source)
+    layout = region_layout(read, length)
+    if layout is None:
+        return None
+    sizes = ((layout.width, layout.height),)
+    if tile_count(spec, sizes) == 1:
+        return None
+    plan = Plan(sizes, region=True, **_output(spec, pipeline, layout.mode))
     app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return plan
 
@@ -203,7 +236,12 @@ def _summary(spec: JobSpec, plan: Plan, pipeline: Pipeline) -> dict[str, Any]:
         "size": list(plan.sizes[0]),
         "halo": pipeline.halo,
         "stages": len(pipeline.global_steps) + 1,
-        "decode": "in each tile" if plan.decode else "once, in the split",
+        "decode": "by region in each tile"
+        if plan.region
+        else "in each tile"
+        if plan.decode
+        else "in the split",
+        "output": "streamed" if plan.stream else "whole",
     }
 
 

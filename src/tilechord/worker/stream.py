@@ -1,0 +1,159 @@
+"""Jobs too big for one process: tiles read by region, a TIFF written as the tiles come.
+
+Two paths, each taken only where it gives exactly what the whole-image path gives:
+
+* **Region input.**  A single-frame tiled or striped TIFF (what big images come in) is
+  not decoded by the split: it reads the header, and each tile's task reads only the
+  TIFF tiles or strips its region touches, from the chunked source in Redis
+  (:mod:`tilechord.imaging.regions`, proven equal to Pillow's decode per compression).
+* **Streamed output.**  A TIFF output of more than :data:`STREAM_ABOVE` pixels, from a
+  pipeline that keeps the image's size, is cut into job tiles aligned to the output's
+  512 x 512 TIFF tiles and no larger than :data:`CELL_BYTES`.  Each ``edit`` stores its
+  core as compressed TIFF tiles (a few MB), and the merge feeds them, one band of job
+  tiles at a time, to tifffile's writer: a tiled BigTIFF, written to a temporary file and
+  then into Redis in chunks.  No process holds the image.
+
+A job with both (:func:`streams`) has no process whose memory grows with the image, so
+its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from ..errors import TilechordError
+from ..imaging import Grid
+from ..imaging.regions import TiffLayout, read_region, tiff_layout
+from ..imaging.tiffout import (
+    TILE,
+    encode_tiles,
+    pack_segments,
+    supported,
+    tiff_order,
+    unpack_segments,
+    write_tiled,
+)
+from ..ops import Kind, Pipeline
+from .keys import CHUNK_BYTES, JobKeys
+
+if TYPE_CHECKING:
+    from .app import TilechordCelery
+    from .specs import JobSpec, Plan, TileSpec
+
+__all__ = [
+    "CELL_BYTES",
+    "STREAM_ABOVE",
+    "encode_core",
+    "merge_stream",
+    "read_piece",
+    "region_layout",
+    "stream_grid",
+    "streams_output",
+]
+
+#: A TIFF output over this many pixels is written as the tiles come (48 MP: the size at
+#: which holding the image, its tiles and the encoder's buffers passes a few hundred MB).
+STREAM_ABOVE = 48_000_000
+#: The most raw bytes of one streamed job tile with its halo (at 4 bytes a pixel, the
+#: widest a pipeline's modes get), so that a tile, its edit and its encoding fit well
+#: under a gigabyte in one process whatever the image's size.
+CELL_BYTES = 48 * 1024 * 1024
+_PIXEL_BYTES = 4
+#: The largest TIFF segment (tile or strip) a region read may fetch: a striped TIFF
+#: written as one strip holding the whole image is decoded whole instead.
+_SEGMENT_BYTES = CHUNK_BYTES
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def streams_output(
+    pipeline: Pipeline, fmt: str | None, mode: str, size: tuple[int, int], frames: int
+) -> bool:
+    """Whether a job's output is written as its tiles come (see the module's docstring)."""
+    return (
+        fmt == "TIFF"
+        and frames == 1
+        and size[0] * size[1] > STREAM_ABOVE
+        and supported(mode)
+        and not any(step.kind is Kind.GEOMETRY for step in pipeline)
+    )
+
+
+def stream_grid(size: tuple[int, int], grid: Grid, halo: int) -> Grid:
+    """The grid of a streamed job: the finer of *grid* and tiles of at most :data:`CELL_BYTES`.
+
+    Cells are aligned to the output's TIFF tiles (:func:`~tilechord.imaging.geometry.aligned_edges`),
+    so the grid asked for is a most, not an exact count.
+    """
+    width, height = size
+    side = math.isqrt(CELL_BYTES // _PIXEL_BYTES) - 2 * halo
+    side = max(TILE, side // TILE * TILE)
+    cols = max(grid.cols, -(-width // side))
+    rows = max(grid.rows, -(-height // side))
+    return Grid(min(cols, -(-width // TILE)), min(rows, -(-height // TILE)))
+
+
+def is_tiff(head: bytes) -> bool:
+    return head[:4] in _TIFF_MAGIC
+
+
+def region_layout(read: Callable[[int, int], bytes], length: int) -> TiffLayout | None:
+    """The layout of a TIFF that can be read by region, or ``None`` (decode it whole instead)."""
+    if length < 8 or not is_tiff(read(0, 8)):
+        return None
+    try:
+        layout = tiff_layout(read, length)
+    except TilechordError:  # not readable by region (a codec, a layout): the whole-image path says why
+        return None
+    return layout if layout.segment_bytes <= _SEGMENT_BYTES else None
+
+
+def read_piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
+    """A tile's input, its cut box, read from the TIFF source by region."""
+    read, length = app.store.reader(keys, keys.source)
+    return read_region(read, tiff_layout(read, length), tile.cut)
+
+
+def encode_core(core: Image.Image) -> bytes:
+    """An edited core of a streamed job, as the compressed TIFF tiles the merge writes."""
+    return pack_segments(encode_tiles(core, TILE))
+
+
+def merge_stream(
+    app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan, layout: list[TileSpec]
+) -> int:
+    """Write the output TIFF from the tiles' segments, one row of job tiles at a time; its size in bytes.
+
+    The file goes to a temporary file (the worker's own disk), then into Redis in chunks.
+    """
+    width, height = plan.sizes[0]
+    xs = sorted({t.box[0] for t in layout} | {width})
+    ys = sorted({t.box[1] for t in layout} | {height})
+    mode = plan.mode
+    with tempfile.NamedTemporaryFile(prefix="tilechord-merge-", suffix=".tif") as fh:  # tifffile wants a name
+        write_tiled(fh, (width, height), mode, _segments(app, keys, xs, ys))  # type: ignore[arg-type]
+        size = fh.tell()
+        fh.seek(0)
+        app.store.put_stream(keys, keys.result, iter(lambda: fh.read(CHUNK_BYTES), b""))
+    app.store.notify(keys, {"ok": True})
+    return size
+
+
+def _segments(app: TilechordCelery, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[Any]:
+    """Every TIFF tile of the output in the file's order, holding one row of job tiles."""
+    cols = len(xs) - 1
+    band: dict[int, list[memoryview]] = {}
+    row = -1
+    for index, segment in tiff_order(xs, ys, TILE):
+        if index // cols != row:
+            row = index // cols
+            band = {
+                i: unpack_segments(app.store.get_pixels(keys, keys.edited(i)))
+                for i in range(row * cols, (row + 1) * cols)
+            }
+        yield band[index][segment]
