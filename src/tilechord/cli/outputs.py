@@ -15,7 +15,9 @@ import glob
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -115,10 +117,12 @@ def check_targets(targets: list[Path]) -> None:
         check_writable(targets[0])
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
     """Write *data* to *path* through a temporary file and a rename.
 
-    An :class:`OSError` names *path*, never the temporary file: that is all a user knows.
+    *data* is the bytes, or a function that writes them to the open file as they come (a
+    big result streamed from Redis).  An :class:`OSError` names *path*, never the
+    temporary file: that is all a user knows.
     """
     directory = path.parent
     check_directory(directory)
@@ -128,14 +132,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
-def _write_via_temporary(path: Path, data: bytes) -> None:
+def _write_via_temporary(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # as open() would; mkstemp makes files private
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

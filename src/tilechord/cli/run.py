@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -202,12 +203,17 @@ def _run_one(
     check_writable(target)
     with _client(settings, workers) as client, OneReport(quiet) as report:
         job = client.submit(source, ops, grid=grid, format=out_format)
-        data = job.get(on_progress=report.on_progress)
+        del source  # the worker has it: a big file need not stay in this process too
+        written = [0]
+
+        def save(handle: BinaryIO) -> None:  # the result streamed from Redis, never held whole
+            written[0] = job.save(handle, on_progress=report.on_progress)
+
         try:
-            write_atomic(target, data)
+            write_atomic(target, save)
         except OSError as exc:
             raise InvalidOutput(f"cannot write {target}: {(exc.strerror or str(exc)).lower()}") from None
-        report.written(target, len(data), job.tiles)
+        report.written(target, written[0], job.tiles)
 
 
 def _run_batch(

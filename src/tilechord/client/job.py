@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from celery.result import AsyncResult
 
@@ -146,6 +146,43 @@ class Job:
             return self._result
         if self._error is not None:
             raise self._error
+        message = self._wait(timeout, on_progress)
+        try:
+            # The result and the cleanup in two round trips (a small job's budget is tight).
+            (data,) = self._app.store.collect([(self.keys, bool(message.get("ok")))])
+        except TilechordError as exc:
+            self._error = exc
+            raise
+        return self.settle(message, data)
+
+    def save(
+        self, file: BinaryIO, timeout: float | None = None, *, on_progress: ProgressCallback | None = None
+    ) -> int:
+        """:meth:`get`, writing the result into *file* as it is read: its bytes are never held.
+
+        For a big result (a streamed TIFF of gigapixels, in 64 MB chunks in Redis); returns
+        how many bytes were written.  The job's data is deleted from Redis in every case.
+        """
+        if self._result is not None:
+            return file.write(self._result)
+        if self._error is not None:
+            raise self._error
+        message = self._wait(timeout, on_progress)
+        written = 0
+        try:
+            if not message.get("ok"):
+                self.settle(message)  # raises the job's error
+            for part in self._app.store.stream(self.keys, self.keys.result):
+                written += file.write(part)
+        except TilechordError as exc:
+            self._error = exc
+            raise
+        finally:
+            self._cleanup()
+        return written
+
+    def _wait(self, timeout: float | None, on_progress: ProgressCallback | None) -> dict[str, Any]:
+        """Block until the job's end message (or raise its timeout, abandoning the job)."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         store = self._app.store
@@ -164,7 +201,7 @@ class Job:
                         seen = done
                         on_progress(done, self.tiles)
                 if message is not None:
-                    break
+                    return message
         except TilechordError as exc:
             self._error = exc
             # Redis unreachable: a revoke could not be sent either, and kombu would spend
@@ -174,13 +211,6 @@ class Job:
         except BaseException:  # Ctrl-C, a cancelled thread: nobody wants the rest of the work
             self._abandon()
             raise
-        try:
-            # The result and the cleanup in two round trips (a small job's budget is tight).
-            (data,) = self._app.store.collect([(self.keys, bool(message.get("ok")))])
-        except TilechordError as exc:
-            self._error = exc
-            raise
-        return self.settle(message, data)
 
     def settle(self, message: dict[str, Any], data: bytes | None = None) -> bytes:
         """Turn the job's end message into its result (*data*, if read already), or its error.
