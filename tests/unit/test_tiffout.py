@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from tilechord.errors import InvalidGrid, InvalidImage, TilechordError, Unsuppor
 from tilechord.imaging.tiffout import (
     LEVEL,
     TILE,
+    band_segments,
     encode_tiles,
     pack_segments,
     supported,
@@ -294,3 +296,41 @@ def test_every_refusal_is_a_tilechord_error() -> None:
     ):
         with pytest.raises(TilechordError):
             call()
+
+
+def test_band_segments_fetches_each_job_tile_once_a_band_at_a_time() -> None:
+    image = _image("RGB", (2100, 1700), seed=9)
+    cols, rows = _edges(image.width, "1024"), _edges(image.height, "irregular")  # 3 x 3 cells
+    values = [
+        pack_segments(encode_tiles(image.crop((left, top, right, bottom))))
+        for top, bottom in itertools.pairwise(rows)
+        for left, right in itertools.pairwise(cols)
+    ]
+    fetched: list[int] = []
+    yielded: list[bytes] = []
+    bands_done: list[int] = []  # how many output rows of tiles were complete at each fetch
+    held: list[weakref.ref[np.ndarray[Any, Any]]] = []
+    older_alive: list[int] = []  # values of earlier bands still alive at each fetch
+
+    def fetch(job: int) -> np.ndarray[Any, Any]:
+        fetched.append(job)
+        bands_done.append(len(yielded) // 5)  # 2100 px: 5 tiles a row
+        older_alive.append(sum(ref() is not None for ref in held[: job - job % 3]))
+        value = np.frombuffer(values[job], np.uint8)  # a buffer that can be watched
+        held.append(weakref.ref(value))
+        return value
+
+    for segment in band_segments(cols, rows, fetch):  # type: ignore[arg-type]
+        yielded.append(bytes(segment))
+    assert yielded == encode_tiles(image)
+    assert fetched == list(range(9))
+    # row r of cells starts at output tile row 0, 1, 3: nothing of it is fetched before that
+    assert bands_done == [0, 0, 0, 1, 1, 1, 3, 3, 3]
+    # a band's values are let go before the next band's are fetched (the caller's last
+    # segment, a view, may still hold one of them)
+    assert max(older_alive) <= 1
+
+
+def test_band_segments_refuses_a_job_tile_with_the_wrong_number_of_tiles() -> None:
+    with pytest.raises(InvalidImage, match="job tile 1 holds 2 TIFF tiles, its 1088x100 cell has 3"):
+        list(band_segments([0, 512, 1600], [0, 100], lambda job: pack_segments([b"x"] * (1 + job))))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -38,6 +38,7 @@ __all__ = [
     "unpack_segments",
     "write_tiled",
     "tiff_order",
+    "band_segments",
     "tile_count",
 ]
 
@@ -271,3 +272,39 @@ def tiff_order(
     for row_cell, row_in_cell in down:
         for col_cell, col_in_cell in across:
             yield row_cell * columns + col_cell, row_in_cell * widths[col_cell] + col_in_cell
+
+
+def band_segments(
+    col_edges: Sequence[int],
+    row_edges: Sequence[int],
+    fetch: Callable[[int], bytes | bytearray | memoryview],
+    tile: int = TILE,
+) -> Iterator[memoryview]:
+    """The output's tiles in TIFF order, from ``fetch(job_tile_index)`` (a :func:`pack_segments` value).
+
+    What a merge feeds :func:`write_tiled`: each job tile is fetched once, when its first
+    segment is due, and the values of a band (one row of job cells) are let go before the
+    next band is fetched, so a band of compressed tiles is the most ever held.
+    """
+    band: dict[int, list[memoryview]] = {}
+    columns = len(col_edges) - 1
+    for job, segment in tiff_order(col_edges, row_edges, tile):
+        if job not in band:
+            if band and min(band) // columns != job // columns:
+                band.clear()
+            band[job] = _checked(unpack_segments(fetch(job)), job, col_edges, row_edges, tile)
+        yield band[job][segment]
+
+
+def _checked(
+    segments: list[memoryview], job: int, col_edges: Sequence[int], row_edges: Sequence[int], tile: int
+) -> list[memoryview]:
+    """``segments`` if they are as many as the TIFF tiles of job tile ``job``'s cell."""
+    row, col = divmod(job, len(col_edges) - 1)
+    width, height = col_edges[col + 1] - col_edges[col], row_edges[row + 1] - row_edges[row]
+    if len(segments) != tile_count(width, height, tile):
+        raise InvalidImage(
+            f"job tile {job} holds {len(segments)} TIFF tiles, its {width}x{height} cell has "
+            f"{tile_count(width, height, tile)}"
+        )
+    return segments
