@@ -490,3 +490,15 @@ def test_a_box_with_its_right_left_of_its_left_is_refused_as_pillow_refuses_it()
         whole(data).crop((10, 0, 5, 5))
     with pytest.raises(ValueError):
         read_region(Source(data), layout, (10, 0, 5, 5))
+
+
+def test_a_tiff_that_pillow_turns_upright_on_load_is_not_read_by_region() -> None:
+    """Pillow applies a TIFF's orientation tag as it loads it; the stored pixels are not its image."""
+    image = Image.new("RGB", (50, 30), (10, 20, 30))
+    exif = Image.Exif()
+    exif[274] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", exif=exif)
+    data = buffer.getvalue()
+    with pytest.raises(UnsupportedFormat, match="orientation 6"):
+        tiff_layout(lambda offset, size: data[offset : offset + size], len(data))

@@ -164,6 +164,10 @@ def _layout_of(page: tifffile.TiffPage, *, bigtiff: bool, byteorder: str) -> Tif
         raise UnsupportedFormat("TIFF with separate planes (PlanarConfiguration 2) is not read by region")
     if int(page.fillorder) != 1 or page.imagedepth != 1 or (page.is_subsampled and compression != 7):
         raise UnsupportedFormat("TIFF with fill order 2, depth or subsampling is not read by region")
+    orientation = page.tags.get(274)
+    if orientation is not None and int(orientation.value) != 1:
+        # Pillow turns such a TIFF upright as it loads it; a region of the stored pixels is not that
+        raise UnsupportedFormat(f"TIFF with orientation {int(orientation.value)} is not read by region")
     if compression == 7:
         mode, kept, inverted = _jpeg_mode(page)
         predictor = 1  # libtiff and tifffile ignore a predictor on JPEG
