@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import itertools
+import tempfile
 import tracemalloc
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import imagecodecs
 import numpy as np
@@ -334,3 +336,23 @@ def test_band_segments_fetches_each_job_tile_once_a_band_at_a_time() -> None:
 def test_band_segments_refuses_a_job_tile_with_the_wrong_number_of_tiles() -> None:
     with pytest.raises(InvalidImage, match="job tile 1 holds 2 TIFF tiles, its 1088x100 cell has 3"):
         list(band_segments([0, 512, 1600], [0, 100], lambda job: pack_segments([b"x"] * (1 + job))))
+
+
+@pytest.mark.parametrize("kind", ["named", "anonymous", "ome-named"])
+def test_write_tiled_writes_into_real_files_of_any_name(kind: str, tmp_path: Path) -> None:
+    image = _image("RGB", (700, 600), seed=11)
+    tiles = encode_tiles(image)
+    opened: BinaryIO
+    if kind == "anonymous":
+        opened = tempfile.TemporaryFile(dir=tmp_path)  # noqa: SIM115 (its name is a file descriptor)
+    else:
+        opened = open(tmp_path / ("out.ome.tif" if kind == "ome-named" else "out.tif"), "w+b")  # noqa: SIM115
+    with opened as fh:
+        write_tiled(fh, image.size, "RGB", tiles)
+        assert not fh.closed
+        fh.seek(0)
+        data = fh.read()
+    with Image.open(io.BytesIO(data)) as back:
+        assert back.tobytes() == image.tobytes()
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        assert not tif.is_ome and tif.pages.first.description == ""

@@ -208,7 +208,8 @@ def write_tiled(
 
     ``segments`` (from :func:`encode_tiles`, ordered by :func:`tiff_order`) is consumed one
     tile at a time as tifffile writes it, so only the tile in hand is held.  ``fh`` must be
-    seekable (tifffile writes the tile offsets into the IFD after the tiles).
+    seekable (tifffile writes the tile offsets into the IFD after the tiles); the TIFF starts
+    at its current position, and it is left open.
     """
     layout = _layout(mode)
     width, height = size
@@ -217,7 +218,10 @@ def write_tiled(
     count = tile_count(width, height, tile)
     shape = (height, width) if layout.samples == 1 else (height, width, layout.samples)
     tiles = _exactly(segments, count)
-    with tifffile.TiffWriter(fh, bigtiff=True, byteorder="<") as writer:
+    # Named here: tifffile reads the stream's name (an int for tempfile.TemporaryFile, which it
+    # refuses) and would write OME-XML into a file whose name holds ".ome.".
+    handle = tifffile.FileHandle(fh, mode="wb", name="tilechord.tif", size=0)  # type: ignore[arg-type]
+    with tifffile.TiffWriter(handle, bigtiff=True, byteorder="<") as writer:
         writer.write(
             itertools.islice(tiles, count),
             shape=shape,
