@@ -69,10 +69,19 @@ def why_no_namespaces() -> str | None:
     if shutil.which("ip") is None or shutil.which("tc") is None:
         return "worker hosts need iproute2 (ip and tc), which is not installed"
     probe = f"tcProbe-{os.getpid()}"
-    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        return f"`ip netns add` is refused here: {done.stderr.strip()}"
-    run("ip", "netns", "del", probe, check=False)
+    steps = [
+        ["ip", "netns", "add", probe],
+        ["ip", "netns", "exec", probe, "true"],
+        ["ip", "-n", probe, "link", "add", "tcprobe0", "type", "veth", "peer", "name", "tcprobe1"],
+        ["ip", "netns", "exec", probe, "tc", "qdisc", "replace", "dev", "tcprobe0", "root", *DROP_ALL],
+    ]
+    try:
+        for argv in steps:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                return f"`{' '.join(argv[:4])} ...` is refused here: {done.stderr.strip()}"
+    finally:
+        run("ip", "netns", "del", probe, check=False)
     return None
 
 
