@@ -7,7 +7,8 @@ the very bytes tifffile would write for them) and stores them as one value
 it comes.  So the merge holds a band of compressed tiles at a time, never the pixels.
 
 Tiles are ``adobe_deflate`` (TIFF compression 8, zlib streams) with the horizontal
-predictor for integer samples, encoded through imagecodecs exactly as tifffile's own writer
+predictor (2) for integer samples, the floating-point one (3) for mode F and none for
+mode 1 (packed bits), encoded through imagecodecs exactly as tifffile's own writer
 encodes them (same codec, same level, same predictor axis, same zero padding of edge tiles),
 so Pillow (libtiff) and tifffile both read the file back to the core's pixels.
 """
