@@ -59,6 +59,15 @@ redis.call('SET', KEYS[2], redis.call('SCARD', KEYS[1]), 'EX', ARGV[2])
 """
 
 
+# KEYS[1] the job's live mark, KEYS[2] its runs; ARGV[1] the entry, ARGV[2] the TTL.
+_STARTED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 @contextmanager
 def redis_errors(url: str | None, since: float | None = None) -> Iterator[None]:
     """Turn redis-py's errors into tilechord's; *since*: when Redis last answered (``time.time()``)."""
@@ -325,15 +334,16 @@ class BlobStore:
         )
 
     def started(self, keys: JobKeys, task: str, host: str) -> None:
-        """Record that *host* started *task* of a live job (:class:`JobGone` if it is not)."""
+        """Record that *host* started *task* of a live job; :class:`JobGone` if it is not live.
 
-        def write(pipe: Pipeline) -> None:
-            pipe.rpush(keys.runs, json.dumps({"task": task, "host": host}))
-            pipe.expire(keys.runs, self.ttl)
-
-        self._guarded(
-            keys, write, (keys.runs,), f"job {keys.job_id} was cancelled or expired; skipped {task}"
-        )
+        Checked and written in one script: a task of a dead job (a straggler of a job that
+        failed or was cancelled) writes nothing at all, not even a write it takes back.
+        """
+        entry = json.dumps({"task": task, "host": host})
+        with self._errors():
+            live = self.client.eval(_STARTED, 2, keys.live, keys.runs, entry, self.ttl)
+        if not live:
+            raise JobGone(f"job {keys.job_id} was cancelled or expired; skipped {task}")
 
     def runs(self, keys: JobKeys) -> list[dict[str, str]]:
         """Every task start of the job so far, in order (see :meth:`started`)."""

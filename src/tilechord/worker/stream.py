@@ -28,7 +28,9 @@ from PIL import Image
 
 from ..errors import TilechordError
 from ..imaging import Grid
+from ..imaging.raw import Data, pack_raw
 from ..imaging.regions import TiffLayout, read_region, tiff_layout
+from ..imaging.strips import NotStreamable, can_stream, iter_strips
 from ..imaging.tiffout import (
     TILE,
     encode_tiles,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CELL_BYTES",
     "STREAM_ABOVE",
+    "cut_by_strips",
     "encode_core",
     "merge_stream",
     "read_piece",
@@ -111,6 +114,50 @@ def region_layout(read: Callable[[int, int], bytes], length: int) -> TiffLayout 
     except TilechordError:  # not readable by region (a codec, a layout): the whole-image path says why
         return None
     return layout if layout.segment_bytes <= _SEGMENT_BYTES else None
+
+
+#: Rows of a PNG the split decodes at a time, when it cuts tiles as it decodes.
+STRIP_ROWS = 256
+
+
+def cut_by_strips(app: TilechordCelery, keys: JobKeys, source: Data, layout: list[TileSpec]) -> bool:
+    """Store each tile's input as a PNG is decoded from the top, one row of tiles at a time.
+
+    The split then holds at most two rows of tiles (a row and the next, which share the
+    halo), never the image.  ``False`` (nothing stored) for a source that does not
+    decode strip by strip (:mod:`tilechord.imaging.strips`: not a PNG, or interlaced).
+    """
+    if not can_stream(source):
+        return False
+    try:
+        strips = iter_strips(source, STRIP_ROWS, app.tilechord_settings.max_pixels)
+    except NotStreamable:
+        return False
+    spans = sorted({(t.cut[1], t.cut[3]) for t in layout})
+    bands: dict[tuple[int, int], Image.Image] = {}
+    y = 0
+    for strip in strips:
+        for span in spans:
+            top, bottom = max(span[0], y), min(span[1], y + strip.height)
+            if top < bottom:  # this strip has rows of this row of tiles
+                band = bands.get(span) or bands.setdefault(span, _band_like(strip, span))
+                band.paste(strip.crop((0, top - y, strip.width, bottom - y)), (0, top - span[0]))
+        y += strip.height
+        for span in [s for s in bands if s[1] <= y]:  # a row of tiles complete: store its tiles
+            band = bands.pop(span)
+            for tile in (t for t in layout if (t.cut[1], t.cut[3]) == span):
+                piece = band.crop((tile.cut[0], 0, tile.cut[2], span[1] - span[0]))
+                app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
+    return True
+
+
+def _band_like(strip: Image.Image, span: tuple[int, int]) -> Image.Image:
+    """An empty row of tiles in a strip's mode, palette and info (its rows get pasted in)."""
+    band = Image.new(strip.mode, (strip.width, span[1] - span[0]))
+    if strip.mode in ("P", "PA") and strip.palette is not None:
+        band.putpalette(strip.getpalette(strip.palette.mode) or [], strip.palette.mode)
+    band.info.update(strip.info)
+    return band
 
 
 def read_piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:

@@ -46,7 +46,7 @@ from .keys import JobKeys
 from .merge import finish, merge_frames
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
-from .stream import encode_core, merge_stream, read_piece, region_layout
+from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -193,6 +193,11 @@ def _cut(
         if 1 < tiles_in_all <= DECODE_IN_PLACE_TILES and info.format in DECODE_IN_PLACE_FORMATS:
             app.store.put(keys, keys.plan, json.dumps(in_place.to_json()).encode())
             return in_place
+        if tiles_in_all > 1 and info.frames == 1:  # a PNG: cut as it decodes, holding no image
+            plan = Plan((info.size,), **_output(spec, pipeline, info.mode))
+            if cut_by_strips(app, keys, source, job_tiles(spec, plan, pipeline.halo)):
+                app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+                return plan
     frames, timing = decode_frames(source, max_pixels, spec.frames)
     extra = _output(spec, pipeline, frames[0].mode)
     plan = Plan(tuple(f.size for f in frames), timing.to_json(), raw=is_raw(source), **extra)
