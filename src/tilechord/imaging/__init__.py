@@ -4,7 +4,10 @@ Pure Pillow code with no Redis or Celery in it, so every piece is unit-tested al
 :mod:`.geometry` (grids and tiles), :mod:`.raw` (the form tiles travel in),
 :mod:`.decode` (sources in, under tilechord's pixel limit), :mod:`.frames` (every frame's
 mode and size, checked before a job is sent), :mod:`.encode` (results out) and
-:mod:`.writers` (which formats Pillow really writes).
+:mod:`.writers` (which formats Pillow really writes).  For images too big for one
+process: :mod:`.regions` (a TIFF's region read from its tiles or strips alone),
+:mod:`.strips` (a PNG decoded strip by strip from the top) and :mod:`.tiffout` (a tiled
+BigTIFF written from compressed tiles as they come).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from .specs import JobSpec, Plan, TileSpec
 if TYPE_CHECKING:
     from .app import TilechordCelery
 
-__all__ = ["finish", "merge_frames"]
+__all__ = ["finish", "merge_frames", "source_header"]
 
 
 def finish(
@@ -60,10 +60,10 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
     frames, read = _strips(app, keys, pipeline, layout)
     if not frames:
         frames = _pasted(app, keys, pipeline, layout, plan, read)
-    return finish(app, keys, spec, frames, plan.timing, _source_header(app, keys, plan))
+    return finish(app, keys, spec, frames, plan.timing, source_header(app, keys, plan))
 
 
-def _source_header(app: TilechordCelery, keys: JobKeys, plan: Plan) -> Image.Image | None:
+def source_header(app: TilechordCelery, keys: JobKeys, plan: Plan) -> Image.Image | None:
     """The source opened again for its metadata, or ``None`` for a raw one (it has none).
 
     tilechord's pixel limit, not Pillow's: over 179 MP, ``Image.open`` alone refuses.  A

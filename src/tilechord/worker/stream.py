@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -31,21 +31,13 @@ from ..imaging import Grid
 from ..imaging.raw import Data, pack_raw
 from ..imaging.regions import TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
-from ..imaging.tiffout import (
-    TILE,
-    encode_tiles,
-    pack_segments,
-    supported,
-    tiff_order,
-    unpack_segments,
-    write_tiled,
-)
+from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
 from ..ops import Kind, Pipeline
 from .keys import CHUNK_BYTES, JobKeys
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
-    from .specs import JobSpec, Plan, TileSpec
+    from .specs import Plan, TileSpec
 
 __all__ = [
     "CELL_BYTES",
@@ -172,35 +164,32 @@ def encode_core(core: Image.Image) -> bytes:
 
 
 def merge_stream(
-    app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan, layout: list[TileSpec]
+    app: TilechordCelery,
+    keys: JobKeys,
+    plan: Plan,
+    layout: list[TileSpec],
+    source: Image.Image | None,
 ) -> int:
     """Write the output TIFF from the tiles' segments, one row of job tiles at a time; its size in bytes.
 
     The file goes to a temporary file (the worker's own disk), then into Redis in chunks.
+    *source* (its header) gives the output the source's resolution and ICC profile.
     """
     width, height = plan.sizes[0]
     xs = sorted({t.box[0] for t in layout} | {width})
     ys = sorted({t.box[1] for t in layout} | {height})
-    mode = plan.mode
-    with tempfile.NamedTemporaryFile(prefix="tilechord-merge-", suffix=".tif") as fh:  # tifffile wants a name
-        write_tiled(fh, (width, height), mode, _segments(app, keys, xs, ys))  # type: ignore[arg-type]
+    info = source.info if source is not None else {}
+    dpi = info.get("dpi")
+
+    def fetch(index: int) -> memoryview:
+        return app.store.get_pixels(keys, keys.edited(index))
+
+    assert plan.mode is not None  # a streamed plan carries its output's mode
+    with tempfile.TemporaryFile(prefix="tilechord-merge-") as fh:
+        segments = band_segments(xs, ys, fetch, TILE)
+        write_tiled(fh, (width, height), plan.mode, segments, TILE, dpi=dpi, icc=info.get("icc_profile"))
         size = fh.tell()
         fh.seek(0)
         app.store.put_stream(keys, keys.result, iter(lambda: fh.read(CHUNK_BYTES), b""))
     app.store.notify(keys, {"ok": True})
     return size
-
-
-def _segments(app: TilechordCelery, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[Any]:
-    """Every TIFF tile of the output in the file's order, holding one row of job tiles."""
-    cols = len(xs) - 1
-    band: dict[int, list[memoryview]] = {}
-    row = -1
-    for index, segment in tiff_order(xs, ys, TILE):
-        if index // cols != row:
-            row = index // cols
-            band = {
-                i: unpack_segments(app.store.get_pixels(keys, keys.edited(i)))
-                for i in range(row * cols, (row + 1) * cols)
-            }
-        yield band[index][segment]

@@ -43,7 +43,7 @@ from .canvas import (
     tile_count,
 )
 from .keys import JobKeys
-from .merge import finish, merge_frames
+from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
 from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
@@ -125,7 +125,7 @@ def merge(self: Task, spec_json: dict[str, Any]) -> Any:
         layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
         _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
         if plan.stream:
-            size = merge_stream(app, keys, spec, plan, layout)
+            size = merge_stream(app, keys, plan, layout, source_header(app, keys, plan))
             return {"size": list(plan.sizes[0]), "mode": plan.mode, "format": "TIFF", "bytes": size}
         return merge_frames(app, keys, spec, plan)
 
