@@ -37,6 +37,7 @@ __all__ = [
     "encode_tiles",
     "pack_segments",
     "unpack_segments",
+    "segment_spans",
     "write_tiled",
     "tiff_order",
     "band_segments",
@@ -158,6 +159,29 @@ def pack_segments(segments: Sequence[bytes | memoryview]) -> bytes:
     """One Redis value: a magic, the count, every segment's length, then the segments."""
     lengths = b"".join(_LENGTH.pack(len(s)) for s in segments)
     return b"".join([_HEAD.pack(_MAGIC, len(segments)), lengths, *segments])
+
+
+def segment_spans(read: Callable[[int, int], bytes]) -> list[tuple[int, int]]:
+    """``(offset, length)`` of every segment of a :func:`pack_segments` value, from its header alone.
+
+    *read* fetches a byte range of the value, so a merge can then read one row of a job
+    tile's TIFF tiles at a time instead of the whole value.
+    """
+    head = read(0, _HEAD.size)
+    if len(head) < _HEAD.size:
+        raise InvalidImage("a packed tile value is shorter than its header")
+    magic, count = _HEAD.unpack(head)
+    if magic != _MAGIC:
+        raise InvalidImage("a packed tile value does not start with its magic")
+    table = read(_HEAD.size, count * _LENGTH.size)
+    if len(table) != count * _LENGTH.size:
+        raise InvalidImage(f"a packed tile value is too short for its {count} lengths")
+    start = _HEAD.size + count * _LENGTH.size
+    spans: list[tuple[int, int]] = []
+    for (length,) in _LENGTH.iter_unpack(table):
+        spans.append((start, length))
+        start += length
+    return spans
 
 
 def unpack_segments(data: bytes | bytearray | memoryview) -> list[memoryview]:

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..errors import TilechordError
+from ..errors import JobFailed, TilechordError
 from ..imaging import Grid
 from ..imaging.raw import Data, pack_raw
 from ..imaging.regions import TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
-from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
+from ..imaging.tiffout import TILE, encode_tiles, pack_segments, segment_spans, supported, write_tiled
 from ..ops import Kind, Pipeline
 from .keys import CHUNK_BYTES, JobKeys
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CELL_BYTES",
     "STREAM_ABOVE",
+    "check_unfreed",
     "cut_by_strips",
     "encode_core",
     "merge_stream",
@@ -170,26 +171,65 @@ def merge_stream(
     layout: list[TileSpec],
     source: Image.Image | None,
 ) -> int:
-    """Write the output TIFF from the tiles' segments, one row of job tiles at a time; its size in bytes.
+    """Write the output TIFF from the tiles' segments, one row of TIFF tiles at a time; its size.
 
-    The file goes to a temporary file (the worker's own disk), then into Redis in chunks.
+    The file goes to a temporary file (the worker's own disk).  Once it holds every tile,
+    the edited tiles are freed and the file goes into Redis in chunks, so Redis never
+    holds the output twice.  A merge run again after that (its worker was lost while
+    storing the file) finds the tiles gone and fails the job with a clear error.
     *source* (its header) gives the output the source's resolution and ICC profile.
     """
     width, height = plan.sizes[0]
     xs = sorted({t.box[0] for t in layout} | {width})
     ys = sorted({t.box[1] for t in layout} | {height})
     info = source.info if source is not None else {}
-    dpi = info.get("dpi")
-
-    def fetch(index: int) -> memoryview:
-        return app.store.get_pixels(keys, keys.edited(index))
-
     assert plan.mode is not None  # a streamed plan carries its output's mode
     with tempfile.TemporaryFile(prefix="tilechord-merge-") as fh:
-        segments = band_segments(xs, ys, fetch, TILE)
-        write_tiled(fh, (width, height), plan.mode, segments, TILE, dpi=dpi, icc=info.get("icc_profile"))
+        segments = _segments(app, keys, xs, ys)
+        write_tiled(
+            fh, (width, height), plan.mode, segments, TILE, dpi=info.get("dpi"), icc=info.get("icc_profile")
+        )
         size = fh.tell()
+        if not app.store.free(keys, [keys.edited(t.index) for t in layout], keys.merging):
+            raise JobFailed(
+                f"job {keys.job_id}: its merge was lost while storing the result; submit it again"
+            )
         fh.seek(0)
         app.store.put_stream(keys, keys.result, iter(lambda: fh.read(CHUNK_BYTES), b""))
     app.store.notify(keys, {"ok": True})
     return size
+
+
+def check_unfreed(app: TilechordCelery, keys: JobKeys) -> None:
+    """:class:`JobFailed` if an earlier run of this merge freed the tiles (see :func:`merge_stream`)."""
+    if not app.store.missing(keys, [keys.merging]):
+        raise JobFailed(f"job {keys.job_id}: its merge was lost while storing the result; submit it again")
+
+
+def _segments(app: TilechordCelery, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[memoryview]:
+    """The output's TIFF tiles in the file's order, reading one row of TIFF tiles at a time.
+
+    Each job tile's value is read by byte ranges (its segment table, then one range per
+    row of its TIFF tiles), so the merge holds a strip 512 rows high, whatever the width.
+    """
+    cols = len(xs) - 1
+    for grid_row in range(len(ys) - 1):
+        jobs = range(grid_row * cols, (grid_row + 1) * cols)
+        reads = {job: app.store.reader(keys, keys.edited(job))[0] for job in jobs}
+        tables = {job: segment_spans(reads[job]) for job in jobs}
+        down = -(-(ys[grid_row + 1] - ys[grid_row]) // TILE)
+        for col, job in enumerate(jobs):
+            across = -(-(xs[col + 1] - xs[col]) // TILE)
+            if len(tables[job]) != across * down:
+                found = len(tables[job])
+                raise JobFailed(
+                    f"job {keys.job_id}: tile {job + 1} holds {found} TIFF tiles, not {across * down}"
+                )
+        for local in range(down):
+            for col, job in enumerate(jobs):
+                across = -(-(xs[col + 1] - xs[col]) // TILE)
+                row = tables[job][local * across : (local + 1) * across]
+                start, end = row[0][0], row[-1][0] + row[-1][1]
+                data = memoryview(reads[job](start, end - start))
+                for offset, length in row:
+                    yield data[offset - start : offset - start + length]
