@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..errors import JobFailed, TilechordError
 from ..imaging import Grid
+from ..imaging.geometry import aligned_edges
 from ..imaging.raw import Data, pack_raw
 from ..imaging.regions import TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
@@ -89,9 +90,10 @@ def stream_grid(size: tuple[int, int], grid: Grid, halo: int) -> Grid:
     width, height = size
     side = math.isqrt(CELL_BYTES // _PIXEL_BYTES) - 2 * halo
     side = max(TILE, side // TILE * TILE)
-    cols = max(grid.cols, -(-width // side))
-    rows = max(grid.rows, -(-height // side))
-    return Grid(min(cols, -(-width // TILE)), min(rows, -(-height // TILE)))
+    cols = min(max(grid.cols, -(-width // side)), -(-width // TILE))
+    rows = min(max(grid.rows, -(-height // side)), -(-height // TILE))
+    # the count aligned cells really make (aligning may merge two): what the workers will cut
+    return Grid(len(aligned_edges(width, cols, TILE)) - 1, len(aligned_edges(height, rows, TILE)) - 1)
 
 
 def is_tiff(head: bytes) -> bool:
