@@ -220,7 +220,7 @@ class LargestValue:
                 self.largest, self.key = size, key
 
     def _listen(self) -> None:
-        with self.redis.pubsub() as pubsub:
+        with self.redis.pubsub() as pubsub:  # type: ignore[no-untyped-call]
             pubsub.psubscribe("__keyevent@*__:*")
             while not self._stop.is_set():
                 message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)

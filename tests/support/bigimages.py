@@ -175,9 +175,9 @@ def _encode_strip(strip: Pixels, compression: str | None, predictor: bool) -> by
     if compression in (None, "none"):
         return bytes(data.tobytes())
     if compression in ("deflate", "zlib", "adobe_deflate"):
-        return bytes(imagecodecs.zlib_encode(data, level=6))
+        return bytes(imagecodecs.zlib_encode(data.tobytes(), level=6))
     if compression == "lzw":
-        return bytes(imagecodecs.lzw_encode(data))
+        return bytes(imagecodecs.lzw_encode(data.tobytes()))
     if compression == "packbits":
         return bytes(imagecodecs.packbits_encode(data, axis=-2))
     raise ValueError(f"striped compression {compression!r} is not written here")
@@ -327,6 +327,7 @@ class TiledTiffReader:
                     handle.seek(self.page.dataoffsets[index])
                     data = handle.read(self.page.databytecounts[index])
                 tile, _, _ = self.page.decode(data, index, jpegtables=self.page.jpegtables)
+                assert tile is not None, f"tile {index} is empty"
                 tile = tile.reshape(th, tw, -1)
                 x0, y0 = max(left, col * tw), max(upper, row * th)
                 x1, y1 = min(right, (col + 1) * tw), min(lower, (row + 1) * th)
