@@ -141,7 +141,9 @@ class AsyncJob:
         limit = self.timeout if timeout is None else timeout
         try:
             message = await self._wait(limit, on_progress)
-            data = await self._client.store.collect(self.keys, bool(message.get("ok")))
+            whole = await in_thread(self._job.assembled, message)  # a streamed TIFF, from its tiles
+            data = await self._client.store.collect(self.keys, whole is None and bool(message.get("ok")))
+            data = data if whole is None else whole
         except TilechordError as exc:
             self._error = exc
             await self._abandon()

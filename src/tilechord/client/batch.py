@@ -403,14 +403,24 @@ class Mapper:
 
     def _settle(self, ended: list[tuple[_Flight, dict[str, Any] | TilechordError]]) -> list[MapResult]:
         """Read the results of ended jobs and delete their keys, in two round trips in all."""
-        wanted = [(f.job.keys, isinstance(m, dict) and bool(m.get("ok"))) for f, m in ended]
+        streamed: list[bytes | None] = []
+        for flight, end in ended:  # a streamed TIFF is written from its tiles, before they go
+            try:
+                streamed.append(flight.job.assembled(end) if isinstance(end, dict) else None)
+            except TilechordError as exc:
+                streamed.append(None)
+                ended[len(streamed) - 1] = (flight, exc)
+        wanted = [
+            (f.job.keys, isinstance(m, dict) and bool(m.get("ok")) and s is None)
+            for (f, m), s in zip(ended, streamed, strict=True)
+        ]
         results = self.app.store.collect(wanted)
         outcomes: list[MapResult] = []
-        for (flight, end), data in zip(ended, results, strict=True):
+        for (flight, end), data, whole in zip(ended, results, streamed, strict=True):
             try:
                 if isinstance(end, TilechordError):
                     raise end
-                outcomes.append(flight.outcome(data=flight.job.settle(end, data)))
+                outcomes.append(flight.outcome(data=flight.job.settle(end, data if whole is None else whole)))
             except TilechordError as exc:
                 flight.job.fail(exc)
                 outcomes.append(flight.outcome(error=exc))

@@ -8,6 +8,7 @@ only when nothing came for a poll interval, for failures no task could report.
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from ..imaging import Grid
 from ..imaging.decode import SourceInfo
 from ..ops import Pipeline
 from ..worker.keys import JobKeys
+from ..worker.stream import assemble
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
@@ -148,12 +150,25 @@ class Job:
             raise self._error
         message = self._wait(timeout, on_progress)
         try:
+            streamed = self.assembled(message)  # a streamed TIFF: written from its tiles, here
             # The result and the cleanup in two round trips (a small job's budget is tight).
-            (data,) = self._app.store.collect([(self.keys, bool(message.get("ok")))])
+            (data,) = self._app.store.collect([(self.keys, streamed is None and bool(message.get("ok")))])
         except TilechordError as exc:
             self._error = exc
+            self._cleanup()
             raise
-        return self.settle(message, data)
+        return self.settle(message, data if streamed is None else streamed)
+
+    def assembled(self, message: dict[str, Any]) -> bytes | None:
+        """A streamed job's TIFF written from its tiles into memory; ``None`` for any other end.
+
+        What :meth:`get` returns for such a job (:meth:`save` writes it to a file instead).
+        """
+        if not (message.get("ok") and message.get("stream")):
+            return None
+        buffer = io.BytesIO()
+        assemble(self._app.store, self.keys, message["stream"], buffer)
+        return buffer.getvalue()
 
     def save(
         self, file: BinaryIO, timeout: float | None = None, *, on_progress: ProgressCallback | None = None
@@ -172,8 +187,11 @@ class Job:
         try:
             if not message.get("ok"):
                 self.settle(message)  # raises the job's error
-            for part in self._app.store.stream(self.keys, self.keys.result):
-                written += file.write(part)
+            elif message.get("stream"):  # a streamed TIFF: written from its tiles, row by row
+                written = assemble(self._app.store, self.keys, message["stream"], file)
+            else:
+                for part in self._app.store.stream(self.keys, self.keys.result):
+                    written += file.write(part)
         except TilechordError as exc:
             self._error = exc
             raise

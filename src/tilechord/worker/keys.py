@@ -104,7 +104,7 @@ class JobKeys:
     def fixed(self) -> tuple[str, ...]:
         """Every key of the job whose name is known without its index set."""
         return (self.live, self.index, self.source, self.plan, self.result, self.done, self.progress,
-                self.finished, self.runs, self.merging, self.sources, self.results)  # fmt: skip
+                self.finished, self.runs, self.sources, self.results)  # fmt: skip
 
     @property
     def done(self) -> str:
@@ -120,11 +120,6 @@ class JobKeys:
     def finished(self) -> str:
         """A set of the tiles edited so far: a tile edited twice (a re-run) counts once."""
         return self._key("finished")
-
-    @property
-    def merging(self) -> str:
-        """Set by a streamed merge once its file is written and it frees the tiles it read."""
-        return self._key("merging")
 
     @property
     def runs(self) -> str:

@@ -297,21 +297,6 @@ class BlobStore:
 
         return read, layout.length
 
-    def free(self, keys: JobKeys, names: list[str], mark: str) -> bool:
-        """Set *mark* and delete *names* (chunks too), once: ``False`` if *mark* was set already.
-
-        A streamed merge frees the job's edited tiles once its file holds them all, so Redis
-        does not hold the output twice; the mark tells a merge run again after that
-        (its worker lost) that the tiles are gone.
-        """
-        with self._errors():
-            if not self.client.set(mark, b"1", nx=True, ex=self.ttl):
-                return False
-            doomed = [name for key in names for name in chunks.keys_of(self.client, key)]
-            for start in range(0, len(doomed), 512):
-                self.client.delete(*doomed[start : start + 512])
-        return True
-
     def stream(self, keys: JobKeys, key: str) -> Iterator[memoryview]:
         """The value under *key* in parts of at most a chunk (to write a big result to a file)."""
         parts = chunks.iter_chunks(self.client, key)

@@ -9,9 +9,10 @@ Two paths, each taken only where it gives exactly what the whole-image path give
 * **Streamed output.**  A TIFF output of more than :data:`STREAM_ABOVE` pixels, from a
   pipeline that keeps the image's size, is cut into job tiles aligned to the output's
   512 x 512 TIFF tiles and no larger than :data:`CELL_BYTES`.  Each ``edit`` stores its
-  core as compressed TIFF tiles (a few MB), and the merge feeds them, one band of job
-  tiles at a time, to tifffile's writer: a tiled BigTIFF, written to a temporary file and
-  then into Redis in chunks.  No process holds the image.
+  core as compressed TIFF tiles (a few MB); the merge checks they are all there and hands
+  the client a manifest, and the client feeds them, one row of TIFF tiles at a time, to
+  tifffile's writer, straight into the output file: a tiled BigTIFF.  No process holds
+  the image, and Redis holds the output once (as the tiles), never a second copy.
 
 A job with both (:func:`streams`) has no process whose memory grows with the image, so
 its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``.
@@ -19,10 +20,10 @@ its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``
 
 from __future__ import annotations
 
+import base64
 import math
-import tempfile
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
@@ -39,11 +40,12 @@ from .keys import CHUNK_BYTES, JobKeys
 if TYPE_CHECKING:
     from .app import TilechordCelery
     from .specs import Plan, TileSpec
+    from .store import BlobStore
 
 __all__ = [
     "CELL_BYTES",
     "STREAM_ABOVE",
-    "check_unfreed",
+    "assemble",
     "cut_by_strips",
     "encode_core",
     "merge_stream",
@@ -166,49 +168,47 @@ def encode_core(core: Image.Image) -> bytes:
     return pack_segments(encode_tiles(core, TILE))
 
 
-def merge_stream(
-    app: TilechordCelery,
-    keys: JobKeys,
-    plan: Plan,
-    layout: list[TileSpec],
-    source: Image.Image | None,
-) -> int:
-    """Write the output TIFF from the tiles' segments, one row of TIFF tiles at a time; its size.
+def merge_stream(plan: Plan, layout: list[TileSpec], source: Image.Image | None) -> dict[str, Any]:
+    """A streamed job's end: the manifest from which the client writes the output TIFF.
 
-    The file goes to a temporary file (the worker's own disk).  Once it holds every tile,
-    the edited tiles are freed and the file goes into Redis in chunks, so Redis never
-    holds the output twice.  A merge run again after that (its worker was lost while
-    storing the file) finds the tiles gone and fails the job with a clear error.
-    *source* (its header) gives the output the source's resolution and ICC profile.
+    The file is assembled where it is written (:func:`assemble`, called by the client's
+    ``Job.save`` / ``Job.get``), reading the edited tiles straight from Redis, so Redis
+    never holds the output twice and no worker writes it only to send it on.  *source*
+    (its header) gives the output the source's resolution and ICC profile.
     """
     width, height = plan.sizes[0]
-    xs = sorted({t.box[0] for t in layout} | {width})
-    ys = sorted({t.box[1] for t in layout} | {height})
     info = source.info if source is not None else {}
+    icc = info.get("icc_profile")
     assert plan.mode is not None  # a streamed plan carries its output's mode
-    with tempfile.TemporaryFile(prefix="tilechord-merge-") as fh:
-        segments = _segments(app, keys, xs, ys)
-        write_tiled(
-            fh, (width, height), plan.mode, segments, TILE, dpi=info.get("dpi"), icc=info.get("icc_profile")
-        )
-        size = fh.tell()
-        if not app.store.free(keys, [keys.edited(t.index) for t in layout], keys.merging):
-            raise JobFailed(
-                f"job {keys.job_id}: its merge was lost while storing the result; submit it again"
-            )
-        fh.seek(0)
-        app.store.put_stream(keys, keys.result, iter(lambda: fh.read(CHUNK_BYTES), b""))
-    app.store.notify(keys, {"ok": True})
-    return size
+    return {
+        "size": [width, height],
+        "mode": plan.mode,
+        "xs": sorted({t.box[0] for t in layout} | {width}),
+        "ys": sorted({t.box[1] for t in layout} | {height}),
+        "dpi": list(info["dpi"]) if "dpi" in info else None,
+        "icc": base64.b64encode(icc).decode() if icc else None,
+    }
 
 
-def check_unfreed(app: TilechordCelery, keys: JobKeys) -> None:
-    """:class:`JobFailed` if an earlier run of this merge freed the tiles (see :func:`merge_stream`)."""
-    if not app.store.missing(keys, [keys.merging]):
-        raise JobFailed(f"job {keys.job_id}: its merge was lost while storing the result; submit it again")
+def assemble(store: BlobStore, keys: JobKeys, manifest: dict[str, Any], fh: BinaryIO) -> int:
+    """Write a streamed job's tiled BigTIFF into *fh* from its edited tiles; the bytes written.
+
+    One row of TIFF tiles is held at a time, whatever the image's size (:func:`_segments`).
+    """
+    width, height = (int(v) for v in manifest["size"])
+    dpi = manifest.get("dpi")
+    icc = manifest.get("icc")
+    start = fh.tell()
+    write_tiled(
+        fh, (width, height), str(manifest["mode"]),
+        _segments(store, keys, [int(x) for x in manifest["xs"]], [int(y) for y in manifest["ys"]]), TILE,
+        dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
+        icc=base64.b64decode(icc) if icc else None,
+    )  # fmt: skip
+    return fh.tell() - start
 
 
-def _segments(app: TilechordCelery, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[memoryview]:
+def _segments(store: BlobStore, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[memoryview]:
     """The output's TIFF tiles in the file's order, reading one row of TIFF tiles at a time.
 
     Each job tile's value is read by byte ranges (its segment table, then one range per
@@ -217,7 +217,7 @@ def _segments(app: TilechordCelery, keys: JobKeys, xs: list[int], ys: list[int])
     cols = len(xs) - 1
     for grid_row in range(len(ys) - 1):
         jobs = range(grid_row * cols, (grid_row + 1) * cols)
-        reads = {job: app.store.reader(keys, keys.edited(job))[0] for job in jobs}
+        reads = {job: store.reader(keys, keys.edited(job))[0] for job in jobs}
         tables = {job: segment_spans(reads[job]) for job in jobs}
         down = -(-(ys[grid_row + 1] - ys[grid_row]) // TILE)
         for col, job in enumerate(jobs):

@@ -46,7 +46,7 @@ from .keys import JobKeys
 from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
-from .stream import check_unfreed, cut_by_strips, encode_core, merge_stream, read_piece, region_layout
+from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -123,12 +123,11 @@ def merge(self: Task, spec_json: dict[str, Any]) -> Any:
     with reported(app, keys, "merge"):
         plan = Plan.from_json(_load_json(app, keys, keys.plan))
         layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
-        if plan.stream:
-            check_unfreed(app, keys)  # a run before this one may have freed the tiles it waits for
         _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
-        if plan.stream:
-            size = merge_stream(app, keys, plan, layout, source_header(app, keys, plan))
-            return {"size": list(plan.sizes[0]), "mode": plan.mode, "format": "TIFF", "bytes": size}
+        if plan.stream:  # the client writes the file from the tiles: tell it how
+            manifest = merge_stream(plan, layout, source_header(app, keys, plan))
+            app.store.notify(keys, {"ok": True, "stream": manifest})
+            return {"size": manifest["size"], "mode": plan.mode, "format": "TIFF", "written": "by the client"}
         return merge_frames(app, keys, spec, plan)
 
 
