@@ -106,6 +106,23 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     trying twice a second costs nothing and serves again as soon as Redis is back.
     """
 
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Stop the running tasks with SIGKILL before Celery stops them with SIGTERM.
+
+        Celery cancels late-acknowledged tasks when the broker connection drops (their
+        messages come back to some worker).  Its SIGTERM is handled in the pool process's
+        Python code, which runs only once the task's Pillow call (or sleep) returns, and its
+        cancel then fails on the Redis it cannot reach: the process stays busy with a tile
+        nobody waits for, and the worker takes no new task for seconds after Redis is back.
+        """
+        for request in tuple(state.active_requests):
+            if request.task.acks_late and not request.acknowledged and request.time_start:
+                try:
+                    request.cancel(self.pool, signal="SIGKILL", emit_retry=False)
+                except Exception as error:  # the process may be gone already
+                    logger.debug("lease: cannot stop %s: %s", request.id, error)
+        super().on_connection_error_after_connected(exc)
+
     def ensure_connected(self, conn: Any) -> Any:
         original = conn.ensure_connection
         conn.ensure_connection = functools.partial(
