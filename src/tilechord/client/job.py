@@ -29,6 +29,7 @@ from ..imaging import Grid
 from ..imaging.decode import SourceInfo
 from ..ops import Pipeline
 from ..worker.keys import JobKeys
+from ..worker.resend import Sweeper
 from ..worker.stream import assemble
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ __all__ = ["POLL", "Job", "Prepared", "ProgressCallback", "rerun_notes"]
 POLL = 0.5  # seconds between checks of Celery's own state while waiting
 #: Seconds a job may sit unstarted before the client asks whether any worker is alive.
 START_GRACE = 2.0
+#: Seconds between the waiting client's looks for the job's messages lost in delivery.
+SWEEP_EVERY = 1.5
 #: Seconds a started job may go with no live worker on its queue before it fails with
 #: :class:`NoWorker`: time for a restarted worker to come back, far less than the timeout.
 ORPHAN_GRACE = 30.0
@@ -104,6 +107,8 @@ class Job:
         self._result: bytes | None = None
         self._error: TilechordError | None = None
         self._alone_since: float | None = None  # when the registry was last seen empty, if it is
+        self._sweeper = Sweeper(app, keys)
+        self._swept = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<tilechord.Job {self.id} {self.status}>"
@@ -254,6 +259,7 @@ class Job:
         sent, with no live worker on its queue, raises :class:`NoWorker`: it cannot start,
         and waiting out the timeout would only hide that.
         """
+        self._sweep()
         first = self._async_result()
         state = first.state
         if state == "PENDING" and time.monotonic() - self.sent >= START_GRACE:
@@ -268,6 +274,15 @@ class Job:
             merge = AsyncResult(self.keys.task_id("merge"), app=self._app)
             return self._failure_message(merge) if merge.state == "FAILURE" else None
         return None
+
+    def _sweep(self) -> None:
+        """Every :data:`SWEEP_EVERY` s, send again the job's messages lost in delivery (:mod:`.resend`)."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_EVERY:
+            return
+        self._swept = now
+        with self._app.store.redis_errors():
+            self._sweeper.sweep()
 
     def _check_orphaned(self) -> None:
         """Raise :class:`NoWorker` once a started job has had no live worker for ORPHAN_GRACE s."""
@@ -303,6 +318,10 @@ class Job:
         except TilechordError:
             return ""
 
+    def _resent(self) -> str:
+        again = self._sweeper.sent_again
+        return f"; lost in delivery and sent again: {', '.join(again)}" if again else ""
+
     def _no_worker(self) -> str:
         url = redact_url(self._app.tilechord_settings.redis_url)
         return (
@@ -328,7 +347,7 @@ class Job:
         done, total = self.progress()
         return JobTimeout(
             f"job {self.id} did not finish within {limit:g} s "
-            f"({done}/{total} tile{'' if total == 1 else 's'} edited){hint}{self._reruns()}"
+            f"({done}/{total} tile{'' if total == 1 else 's'} edited){hint}{self._reruns()}{self._resent()}"
         )
 
     def _cleanup(self) -> None:

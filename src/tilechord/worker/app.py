@@ -43,6 +43,8 @@ class TilechordCelery(Celery):  # type: ignore[misc]
 
     tilechord_settings: Settings
     store: BlobStore
+    #: Records each job task's message as sent, so a message lost in delivery can be sent again.
+    amqp_cls = "tilechord.worker.resend:RecordingAMQP"
 
     def _get_backend(self) -> Any:
         backend, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)

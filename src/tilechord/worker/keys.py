@@ -104,7 +104,7 @@ class JobKeys:
     def fixed(self) -> tuple[str, ...]:
         """Every key of the job whose name is known without its index set."""
         return (self.live, self.index, self.source, self.plan, self.result, self.done, self.progress,
-                self.finished, self.runs, self.sources, self.results)  # fmt: skip
+                self.finished, self.runs, self.sent, self.sources, self.results)  # fmt: skip
 
     @property
     def done(self) -> str:
@@ -120,6 +120,11 @@ class JobKeys:
     def finished(self) -> str:
         """A set of the tiles edited so far: a tile edited twice (a re-run) counts once."""
         return self._key("finished")
+
+    @property
+    def sent(self) -> str:
+        """A hash, task id -> the message as sent: what is sent again if lost (:mod:`.resend`)."""
+        return self._key("sent")
 
     @property
     def runs(self) -> str:

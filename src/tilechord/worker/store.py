@@ -113,6 +113,10 @@ class BlobStore:
     def __repr__(self) -> str:
         return f"BlobStore({redact_url(self.url)!r}, ttl={self.ttl})"
 
+    def redis_errors(self) -> Any:
+        """:func:`redis_errors` for this store, around a caller's own commands."""
+        return self._errors()
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """:func:`redis_errors`, remembering when Redis last answered, for the error's "since"."""
