@@ -146,7 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "of one 24 MP job and one --big job beside plain Pillow's, with each job's head, body, "
             "tail and the speed-up Amdahl's law allows on 4, 8 and 16 workers."
         ),
-        epilog="The full run takes about 2-3 minutes on 2 cores; --quick about 20 seconds.",
+        epilog="The full run takes about 4-5 minutes on 2 cores (the first builds the big PNG too, "
+        "kept in the temporary directory); --quick about 20 seconds.",
     )
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1.5 MP / 0.75 MP images instead of 24 / 12 MP, a batch of 40, "
