@@ -16,7 +16,7 @@ from typing import Any
 from tilechord import Client
 
 from .amdahl import WORKER_COUNTS, amdahl_table
-from .memory import MemoryWatch, Peaks, pillow_peak, same_as
+from .memory import SAMPLE_EVERY, MemoryWatch, Peaks, pillow_peak, same_as
 from .phases import job_phases, median_of, traced_jobs
 
 MB = 1_000_000
@@ -64,11 +64,39 @@ def memory_case(client: Client, watch: MemoryWatch, job: MemoryJob, workers: int
         "phases": median_of([phases]) if phases else None,
         "w0": w0,
         "amdahl": amdahl_table(phases, w0) if phases else None,
+        "phase_peaks": phase_peaks(peaks, traced.t0, phases) if phases else None,
         "timeline": traced.events,
     }
     print(f"    {mb(peaks.largest)} largest, {mb(peaks.total)} all, Pillow {mb(pillow['peak_bytes'])}; "
           f"{verified}", flush=True)  # fmt: skip
     return out
+
+
+def phase_peaks(peaks: Peaks, t0: float, phases: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+    """Per phase (head, body, tail), per role, each process's largest sampled RSS in it."""
+    head, body = phases["head_ms"] / 1000, phases["body_ms"] / 1000
+    windows = {
+        "head": (t0, t0 + head),
+        "body": (t0 + head, t0 + head + body),
+        "tail": (t0 + head + body, t0 + phases["end_to_end_ms"] / 1000),
+    }
+    out: dict[str, dict[str, list[int]]] = {}
+    for name, (start, end) in windows.items():
+        seen = peaks.window_peaks(start, end)
+        out[name] = {
+            role: [seen.get(int(p["pid"] or 0), 0) for p in procs] for role, procs in peaks.processes.items()
+        }
+    return out
+
+
+def phase_line(case: dict[str, Any]) -> str:
+    """Where in the job each process peaked: the largest RSS sampled in each phase."""
+    parts = []
+    for name, roles in (case.get("phase_peaks") or {}).items():
+        text = ", ".join(f"{role} {' / '.join(mb(v) for v in values)}" for role, values in roles.items())
+        parts.append(f"{name}: {text}")
+    every = f"{SAMPLE_EVERY * 1000:.0f} ms"
+    return f"    RSS sampled every {every}, largest per phase: " + "; ".join(parts) if parts else ""
 
 
 def peaks_json(peaks: Peaks) -> dict[str, Any]:
@@ -149,4 +177,5 @@ def timeline_lines(case: dict[str, Any]) -> list[str]:
         f"({edits} edits) + serial tail {phases['tail_ms']:.0f} (after the last edit ends); "
         f"Pillow alone {case['pillow_s'] * 1000:.0f} ms",
         f"    {amdahl_text(case['amdahl'], case['w0'])}",
+        phase_line(case),
     ]

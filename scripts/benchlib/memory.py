@@ -18,6 +18,8 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +61,15 @@ class Peaks:
     processes: dict[str, list[dict[str, int | None]]] = field(default_factory=dict)
     redis_used_peak: int = 0  # INFO memory used_memory_peak after the job
     redis_used_peak_raised: bool = False  # whether the job raised it (else it is an earlier peak)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (time.time(), pid, RSS)
+
+    def window_peaks(self, start: float, end: float) -> dict[int, int]:
+        """Per process, the largest RSS sampled between *start* and *end* (``time.time()``)."""
+        out: dict[int, int] = {}
+        for t, pid, rss in self.samples:
+            if start <= t <= end:
+                out[pid] = max(out.get(pid, 0), rss)
+        return out
 
     def values(self) -> list[int]:
         return [int(p["peak"]) for procs in self.processes.values() for p in procs if p["peak"] is not None]
@@ -94,7 +105,15 @@ class MemoryWatch:
                 at_reset[pid] = rss_bytes(pid)
         used_before = self._used_peak()
         peaks = Peaks()
-        yield peaks
+        stop = threading.Event()
+        pids = [pid for role in before.values() for pid in role]
+        sampler = threading.Thread(target=_sample, args=(pids, peaks.samples, stop), daemon=True)
+        sampler.start()
+        try:
+            yield peaks
+        finally:
+            stop.set()
+            sampler.join(5)
         for role, now in self.roles.items():
             every = list(dict.fromkeys([*before[role], *now()]))  # a process started meanwhile too
             peaks.processes[role] = [
@@ -102,6 +121,21 @@ class MemoryWatch:
             ]
         peaks.redis_used_peak = self._used_peak()
         peaks.redis_used_peak_raised = peaks.redis_used_peak > used_before
+
+
+#: Seconds between two RSS samples of the job's processes (the phases' peaks; VmHWM is exact).
+SAMPLE_EVERY = 0.02
+
+
+def _sample(pids: list[int], into: list[tuple[float, int, int]], stop: threading.Event) -> None:
+    """Sample each process's RSS until *stop*: which phase of the job a peak fell in."""
+    while not stop.is_set():
+        now = time.time()
+        for pid in pids:
+            rss = rss_bytes(pid)
+            if rss is not None:
+                into.append((now, pid, rss))
+        stop.wait(SAMPLE_EVERY)
 
 
 def pillow_peak(spec: str, fmt: str, path: Path) -> dict[str, Any]:

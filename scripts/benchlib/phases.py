@@ -106,10 +106,11 @@ def timeline(events: list[dict[str, Any]], job_id: str, t0: float, t_end: float)
 
 @dataclass
 class Traced:
-    """One job run while the events were recorded: its timeline and its result."""
+    """One job run while the events were recorded: its timeline, its result, when it was submitted."""
 
     events: list[dict[str, Any]]
     data: bytes
+    t0: float = 0.0  # time.time() at submit: the timeline's zero
 
 
 def traced_jobs(
@@ -135,7 +136,7 @@ def traced_jobs(
             job = client.submit(data, [spec], grid=grid, format=fmt)
             out = job.get(timeout=timeout)
             done.append((job.id, t0, time.time(), out))
-    return [Traced(timeline(log.events, job_id, t0, t_end), out) for job_id, t0, t_end, out in done]
+    return [Traced(timeline(log.events, job_id, t0, t_end), out, t0) for job_id, t0, t_end, out in done]
 
 
 def job_phases(events: list[dict[str, Any]], workers: int) -> dict[str, Any] | None:
