@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import redis
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
+from kombu.exceptions import OperationalError
 
 from ..errors import JobGone, RedisUnreachable, TilechordError
 from .keys import JobKeys
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["failure", "logger", "reported"]
 
 logger = get_task_logger("tilechord")
+
+#: Errors of a connection to Redis that may pass (a link just back, a Redis restarting): a
+#: task meeting one hands its message back rather than failing its job.  A refused password
+#: or command is not among them (``BrokerUnavailable`` other than ``RedisUnreachable``).
+TRANSIENT = (RedisUnreachable, redis.ConnectionError, redis.TimeoutError, OperationalError,
+             BrokenPipeError, ConnectionResetError)  # fmt: skip
 
 
 def failure(exc: BaseException, where: str) -> tuple[str, str]:
@@ -55,14 +63,22 @@ def reported(app: TilechordCelery, keys: JobKeys, what: str) -> Iterator[None]:
     except JobGone:
         logger.info("job %s: %s skipped, the job was cancelled or expired", keys.job_id, what)
         raise Ignore() from None
-    except RedisUnreachable as exc:
+    except TRANSIENT as exc:  # ours after redis-py's retries, or Celery's own (sending the next stage)
+        if isinstance(exc, redis.AuthenticationError):  # a ConnectionError to redis-py; not passing
+            _report_failure(app, keys, what, exc)
+            raise
         logger.warning("job %s: %s handed back, to run again once Redis answers: %s", keys.job_id, what, exc)
         raise Reject(str(exc), requeue=True) from None
     except Exception as exc:
-        name, message = failure(exc, f"{what} of job {keys.job_id}")
-        logger.warning("job %s: %s failed: %s", keys.job_id, what, message)
-        with contextlib.suppress(TilechordError):  # Redis gone too: the client's timeout reports it
-            app.store.notify(keys, {"ok": False, "error": name, "message": message})
+        _report_failure(app, keys, what, exc)
         raise
     else:
         logger.info("job %s: %s done in %.3f s", keys.job_id, what, time.perf_counter() - started)
+
+
+def _report_failure(app: TilechordCelery, keys: JobKeys, what: str, exc: BaseException) -> None:
+    """Log the failure and tell the waiting client at once, by error type."""
+    name, message = failure(exc, f"{what} of job {keys.job_id}")
+    logger.warning("job %s: %s failed: %s", keys.job_id, what, message)
+    with contextlib.suppress(TilechordError):  # Redis gone too: the client's timeout reports it
+        app.store.notify(keys, {"ok": False, "error": name, "message": message})
