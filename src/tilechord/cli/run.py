@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import click
 
-from ..client import Client, MapResult, read_source
+from ..client import Client, MapResult, big_tiff, read_source
 from ..config import Settings
 from ..errors import InvalidOutput, UnsupportedFormat
 from ..imaging import parse_grid
@@ -193,7 +193,10 @@ def _run_one(
     quiet: bool,
 ) -> None:
     settings = _settings(redis_url, timeout)
-    source = read_source(one.input, settings.max_bytes)  # a wrong input is said first
+    # a big TIFF is planned from its header and sent as it is read; anything else is read here
+    source: bytes | Path = big_tiff(one.input, settings.max_bytes) or read_source(
+        one.input, settings.max_bytes
+    )
     target, out_format = one.target()
     if one.input.resolve() == target.resolve():
         raise UnsupportedFormat(f"refusing to overwrite the input {one.input}; choose another output path")

@@ -13,7 +13,7 @@ from .batch import MapProgress, MapResult
 from .client import Client, GridSpec
 from .facade import map, process, process_image, submit
 from .job import Job
-from .sources import Source, read_source
+from .sources import Source, big_tiff, read_source
 
 __all__ = [
     "AsyncClient",
@@ -32,5 +32,6 @@ __all__ = [
     "process",
     "process_image",
     "read_source",
+    "big_tiff",
     "submit",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from PIL import Image
@@ -17,7 +18,7 @@ from PIL import Image
 from ..config import Settings
 from ..errors import ImageTooLarge, InvalidGrid, InvalidImage, UnsupportedMode
 from ..imaging import Grid, auto_grid, parse_grid
-from ..imaging.decode import SourceInfo, frame_count, inspect_source
+from ..imaging.decode import SourceInfo, count_frames, frame_count, inspect_source, open_file
 from ..imaging.encode import check_format, check_frames
 from ..imaging.frames import FrameInfo, inspect_frames
 from ..imaging.raw import pack_raw, unpack_raw
@@ -27,7 +28,7 @@ from ..worker.specs import JobSpec
 from ..worker.stream import region_layout, stream_grid, streams_output
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
-from .sources import Source, read_source
+from .sources import Source, big_tiff, read_source
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
@@ -144,10 +145,10 @@ class Client:
         return self.app.store
 
     def plan(
-        self, data: bytes, ops: Ops, grid: GridSpec, format: str | None
+        self, data: bytes | Path, ops: Ops, grid: GridSpec, format: str | None
     ) -> tuple[Pipeline, Grid, SourceInfo, str | None]:
-        """Validate a job completely without enqueuing anything."""
-        planned = self._plan(data, parse_pipeline(ops), grid, format, None)
+        """Validate a job completely without enqueuing anything (*data*: bytes, or a big TIFF's path)."""
+        planned = self._prepare_any(data, parse_pipeline(ops), grid, format)
         return planned.pipeline, planned.grid, planned.info, planned.format
 
     def _plan(
@@ -157,6 +158,21 @@ class Client:
         by_region = _by_region(data)
         limit = max(settings.max_pixels, settings.max_stream_pixels) if by_region else settings.max_pixels
         info = inspect_source(data, limit, by_region=by_region)
+        return self._plan_info(info, by_region, data, pipeline, grid, format, checked)
+
+    def _plan_info(
+        self,
+        info: SourceInfo,
+        by_region: bool,
+        data: bytes | None,
+        pipeline: Pipeline,
+        grid: GridSpec,
+        format: str | None,
+        checked: Checked | None,
+    ) -> _Planned:
+        """:meth:`_plan` from the source's header on (*data*: ``None`` for a file never read whole)."""
+        settings = self.configured
+        limit = max(settings.max_pixels, settings.max_stream_pixels) if by_region else settings.max_pixels
         fmt = format if format is not None else info.format
         key = (info.mode, fmt)
         if checked is not None and key in checked:  # a batch: same pipeline, same mode and format
@@ -174,8 +190,42 @@ class Client:
             frames = frame_count(info, fmt, settings.max_pixels)
         used = self._grid(grid, info, pipeline, stream)
         if frames > 1 and fmt is not None:  # every frame the output holds, from the file itself
+            assert data is not None  # a file read by its header only has one frame (_plan_file)
             fmt = _check_frames(pipeline, inspect_frames(data, settings.max_pixels, frames), fmt, info.format)
         return _Planned(pipeline, used, info, fmt, frames, stream)
+
+    def _plan_file(
+        self, path: Path, pipeline: Pipeline, grid: GridSpec, format: str | None
+    ) -> _Planned | None:
+        """Plan a big TIFF from its header alone, or ``None`` if it must be read whole after all."""
+        settings = self.configured
+        limit = max(settings.max_pixels, settings.max_stream_pixels)
+        with path.open("rb") as handle:
+
+            def read(offset: int, size: int) -> bytes:
+                handle.seek(offset)
+                return handle.read(size)
+
+            if region_layout(read, path.stat().st_size) is None:
+                return None
+            handle.seek(0)
+            image = open_file(handle, limit)
+            info = SourceInfo(image.format, image.mode, image.size, count_frames(image))
+        if info.frames > 1:
+            return None
+        return self._plan_info(info, True, None, pipeline, grid, format, None)
+
+    def _prepare_any(
+        self, data: bytes | Path, pipeline: Pipeline, grid: GridSpec, format: str | None
+    ) -> Prepared:
+        """:meth:`prepare` of bytes, or of a big TIFF's path (planned from its header, sent as read)."""
+        if isinstance(data, Path):
+            planned = self._plan_file(data, pipeline, grid, format)
+            if planned is not None:
+                p = planned
+                return Prepared(b"", p.pipeline, p.grid, p.info, p.format, p.frames, p.stream, data)
+            data = read_source(data, self.configured.max_bytes)
+        return self.prepare(data, pipeline, grid, format)
 
     def _grid(self, grid: GridSpec, info: SourceInfo, pipeline: Pipeline, stream: bool) -> Grid:
         """The grid used: clipped to the image; for a streamed output, aligned and bounded tiles."""
@@ -225,7 +275,16 @@ class Client:
             f"grid {job.grid}, [{job.pipeline}]"
         )
         limit = self.configured.job_timeout if timeout is None else timeout
-        app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
+        if job.path is not None:  # a big file: sent in chunks as it is read, never held here
+            app.store.open_job(keys)
+            try:
+                with job.path.open("rb") as handle:
+                    app.store.put_file(keys, keys.source, handle)
+            except BaseException:
+                app.store.cleanup(keys)
+                raise
+        else:
+            app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
             # Expires with the wait: a split nobody waits for any more is never run.
             split_signature(app, spec, describe).apply_async(expires=limit)
@@ -244,8 +303,12 @@ class Client:
         timeout: float | None = None,
     ) -> Job:
         """Check the job, store the source in Redis and start the canvas; returns at once."""
+        pipeline = parse_pipeline(ops)
+        path = big_tiff(source, self.configured.max_bytes)
+        if path is not None:  # planned from its header, sent as it is read
+            return self.start_prepared(self._prepare_any(path, pipeline, grid, format), timeout)
         data = read_source(source, self.configured.max_bytes)
-        return self.start_prepared(self.prepare(data, parse_pipeline(ops), grid, format, None), timeout)
+        return self.start_prepared(self.prepare(data, pipeline, grid, format, None), timeout)
 
     def process(
         self,

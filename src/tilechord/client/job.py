@@ -12,6 +12,7 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from celery.result import AsyncResult
@@ -61,6 +62,7 @@ class Prepared:
     format: str | None
     frames: int
     stream: bool = False  # a TIFF written as its tiles come (tilechord.worker.stream)
+    path: Path | None = None  # a big TIFF sent as it is read (then ``data`` is empty)
 
     @property
     def tiles(self) -> int:

@@ -12,9 +12,34 @@ from typing import IO, TypeAlias
 
 from ..errors import ImageTooLarge, InvalidImage
 
-__all__ = ["Source", "read_source"]
+__all__ = ["STREAMED_FILE", "Source", "big_tiff", "read_source"]
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
+
+
+#: A TIFF file larger than this is planned from its header and sent to Redis in chunks as
+#: it is read, never held whole by the client (smaller ones cost less read at once).
+STREAMED_FILE = 1024 * 1024
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def big_tiff(source: Source, max_bytes: int) -> Path | None:
+    """The path of a TIFF file over :data:`STREAMED_FILE` bytes (within the limit), else ``None``.
+
+    Such a file is planned from its header and sent in chunks as it is read
+    (:meth:`Client.submit`): the client never holds it.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+        if not STREAMED_FILE < size <= max_bytes:
+            return None
+        with path.open("rb") as handle:
+            return path if handle.read(4) in _TIFF else None
+    except OSError:
+        return None  # read_source says why
 
 
 def read_source(source: Source, max_bytes: int) -> bytes:

@@ -270,6 +270,16 @@ class BlobStore:
         with self._errors():
             chunks.put_stream(self.client, key, parts, self.ttl, guard)
 
+    def put_file(self, keys: JobKeys, key: str, file: Any) -> None:
+        """:meth:`put_stream` of a binary file, read into one chunk-sized buffer (a big source)."""
+        gone = f"job {keys.job_id} was cancelled or expired; dropped {key}"
+
+        def guard(queue: Callable[[Pipeline], list[str]]) -> None:
+            self._guarded(keys, lambda pipe: self._indexed(pipe, keys, queue(pipe)), (keys.index,), gone)
+
+        with self._errors():
+            chunks.put_file(self.client, key, file, self.ttl, guard)
+
     def get(self, keys: JobKeys, key: str) -> bytes:
         """A value as bytes: for small ones (a plan, a statistic); a chunked one costs a copy."""
         with self._errors():
