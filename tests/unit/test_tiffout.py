@@ -12,7 +12,6 @@ import io
 import itertools
 import tempfile
 import tracemalloc
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -300,7 +299,7 @@ def test_every_refusal_is_a_tilechord_error() -> None:
             call()
 
 
-def test_band_segments_fetches_each_job_tile_once_a_band_at_a_time() -> None:
+def test_band_segments_reads_each_job_tile_a_row_of_its_tiles_at_a_time() -> None:
     image = _image("RGB", (2100, 1700), seed=9)
     cols, rows = _edges(image.width, "1024"), _edges(image.height, "irregular")  # 3 x 3 cells
     values = [
@@ -308,34 +307,40 @@ def test_band_segments_fetches_each_job_tile_once_a_band_at_a_time() -> None:
         for top, bottom in itertools.pairwise(rows)
         for left, right in itertools.pairwise(cols)
     ]
-    fetched: list[int] = []
+    opened: list[int] = []
     yielded: list[bytes] = []
-    bands_done: list[int] = []  # how many output rows of tiles were complete at each fetch
-    held: list[weakref.ref[np.ndarray[Any, Any]]] = []
-    older_alive: list[int] = []  # values of earlier bands still alive at each fetch
+    bands_done: list[int] = []  # how many output rows of tiles were complete at each first read
+    reads: list[int] = []
 
-    def fetch(job: int) -> np.ndarray[Any, Any]:
-        fetched.append(job)
+    def reader(job: int) -> Any:
+        opened.append(job)
         bands_done.append(len(yielded) // 5)  # 2100 px: 5 tiles a row
-        older_alive.append(sum(ref() is not None for ref in held[: job - job % 3]))
-        value = np.frombuffer(values[job], np.uint8)  # a buffer that can be watched
-        held.append(weakref.ref(value))
-        return value
 
-    for segment in band_segments(cols, rows, fetch):  # type: ignore[arg-type]
+        def read(offset: int, size: int) -> bytes:
+            reads.append(size)
+            return values[job][offset : offset + size]
+
+        return read
+
+    for segment in band_segments(cols, rows, reader):
         yielded.append(bytes(segment))
     assert yielded == encode_tiles(image)
-    assert fetched == list(range(9))
-    # row r of cells starts at output tile row 0, 1, 3: nothing of it is fetched before that
+    assert opened == list(range(9))
+    # row r of cells starts at output tile row 0, 1, 3: nothing of it is read before that
     assert bands_done == [0, 0, 0, 1, 1, 1, 3, 3, 3]
-    # a band's values are let go before the next band's are fetched (the caller's last
-    # segment, a view, may still hold one of them)
-    assert max(older_alive) <= 1
+    # no read larger than one row of a cell's tiles (at most 3 tiles across, plus the tables)
+    widest_row = max(sum(len(t) for t in encode_tiles(image)[n : n + 3]) for n in range(0, 45, 5))
+    assert max(reads) <= widest_row
+    assert sum(reads) < sum(len(v) for v in values) + 1024  # each byte read about once
 
 
 def test_band_segments_refuses_a_job_tile_with_the_wrong_number_of_tiles() -> None:
+    def reader(job: int) -> Any:
+        value = pack_segments([b"x"] * (1 + job))
+        return lambda offset, size: value[offset : offset + size]
+
     with pytest.raises(InvalidImage, match="job tile 1 holds 2 TIFF tiles, its 1088x100 cell has 3"):
-        list(band_segments([0, 512, 1600], [0, 100], lambda job: pack_segments([b"x"] * (1 + job))))
+        list(band_segments([0, 512, 1600], [0, 100], reader))
 
 
 @pytest.mark.parametrize("kind", ["named", "anonymous", "ome-named"])

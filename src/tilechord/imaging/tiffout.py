@@ -306,28 +306,45 @@ def tiff_order(
 def band_segments(
     col_edges: Sequence[int],
     row_edges: Sequence[int],
-    fetch: Callable[[int], bytes | bytearray | memoryview],
+    reader: Callable[[int], Callable[[int, int], bytes]],
     tile: int = TILE,
 ) -> Iterator[memoryview]:
-    """The output's tiles in TIFF order, from ``fetch(job_tile_index)`` (a :func:`pack_segments` value).
+    """The output's tiles in TIFF order, read from each job tile's :func:`pack_segments` value.
 
-    What a merge feeds :func:`write_tiled`: each job tile is fetched once, when its first
-    segment is due, and the values of a band (one row of job cells) are let go before the
-    next band is fetched, so a band of compressed tiles is the most ever held.
+    ``reader(job_tile_index)`` gives a reader of byte ranges of that value (``read(offset,
+    length)``).  Each job tile's segment table is read once, when its first segment is due,
+    then one row of its TIFF tiles at a time, so one row of the output's TIFF tiles (a strip
+    ``tile`` rows high) is the most ever held, whatever the image's width or its cells' height.
     """
-    band: dict[int, list[memoryview]] = {}
     columns = len(col_edges) - 1
+    widths = [math.ceil((b - a) / tile) for a, b in itertools.pairwise(col_edges)]
+    tables: dict[int, tuple[Callable[[int, int], bytes], list[tuple[int, int]]]] = {}
+    rows: dict[int, tuple[int, memoryview, int]] = {}  # job -> (its row of tiles, the bytes, their offset)
     for job, segment in tiff_order(col_edges, row_edges, tile):
-        if job not in band:
-            if band and min(band) // columns != job // columns:
-                band.clear()
-            band[job] = _checked(unpack_segments(fetch(job)), job, col_edges, row_edges, tile)
-        yield band[job][segment]
+        if job not in tables:
+            if tables and min(tables) // columns != job // columns:  # a new band: let the last go
+                tables.clear()
+                rows.clear()
+            read = reader(job)
+            tables[job] = (read, _checked(segment_spans(read), job, col_edges, row_edges, tile))
+        read, spans = tables[job]
+        across = widths[job % columns]
+        held = rows.get(job)
+        if held is None or held[0] != segment // across:
+            run = spans[segment // across * across : (segment // across + 1) * across]
+            start = run[0][0]
+            held = rows[job] = (
+                segment // across,
+                memoryview(read(start, run[-1][0] + run[-1][1] - start)),
+                start,
+            )
+        offset, length = spans[segment]
+        yield held[1][offset - held[2] : offset - held[2] + length]
 
 
 def _checked(
-    segments: list[memoryview], job: int, col_edges: Sequence[int], row_edges: Sequence[int], tile: int
-) -> list[memoryview]:
+    segments: list[tuple[int, int]], job: int, col_edges: Sequence[int], row_edges: Sequence[int], tile: int
+) -> list[tuple[int, int]]:
     """``segments`` if they are as many as the TIFF tiles of job tile ``job``'s cell."""
     row, col = divmod(job, len(col_edges) - 1)
     width, height = col_edges[col + 1] - col_edges[col], row_edges[row + 1] - row_edges[row]

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
 
-from ..errors import JobFailed, TilechordError
+from ..errors import TilechordError
 from ..imaging import Grid
 from ..imaging.geometry import aligned_edges
 from ..imaging.raw import Data, pack_raw
 from ..imaging.regions import TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
-from ..imaging.tiffout import TILE, encode_tiles, pack_segments, segment_spans, supported, write_tiled
+from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
 from ..ops import Kind, Pipeline
 from .keys import CHUNK_BYTES, JobKeys
 
@@ -193,7 +193,7 @@ def merge_stream(plan: Plan, layout: list[TileSpec], source: Image.Image | None)
 def assemble(store: BlobStore, keys: JobKeys, manifest: dict[str, Any], fh: BinaryIO) -> int:
     """Write a streamed job's tiled BigTIFF into *fh* from its edited tiles; the bytes written.
 
-    One row of TIFF tiles is held at a time, whatever the image's size (:func:`_segments`).
+    One row of TIFF tiles is held at a time, whatever the image's size (``tiffout.band_segments``).
     """
     width, height = (int(v) for v in manifest["size"])
     dpi = manifest.get("dpi")
@@ -201,37 +201,9 @@ def assemble(store: BlobStore, keys: JobKeys, manifest: dict[str, Any], fh: Bina
     start = fh.tell()
     write_tiled(
         fh, (width, height), str(manifest["mode"]),
-        _segments(store, keys, [int(x) for x in manifest["xs"]], [int(y) for y in manifest["ys"]]), TILE,
+        band_segments([int(x) for x in manifest["xs"]], [int(y) for y in manifest["ys"]],
+                      lambda job: store.reader(keys, keys.edited(job))[0], TILE), TILE,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
         icc=base64.b64decode(icc) if icc else None,
     )  # fmt: skip
     return fh.tell() - start
-
-
-def _segments(store: BlobStore, keys: JobKeys, xs: list[int], ys: list[int]) -> Iterator[memoryview]:
-    """The output's TIFF tiles in the file's order, reading one row of TIFF tiles at a time.
-
-    Each job tile's value is read by byte ranges (its segment table, then one range per
-    row of its TIFF tiles), so the merge holds a strip 512 rows high, whatever the width.
-    """
-    cols = len(xs) - 1
-    for grid_row in range(len(ys) - 1):
-        jobs = range(grid_row * cols, (grid_row + 1) * cols)
-        reads = {job: store.reader(keys, keys.edited(job))[0] for job in jobs}
-        tables = {job: segment_spans(reads[job]) for job in jobs}
-        down = -(-(ys[grid_row + 1] - ys[grid_row]) // TILE)
-        for col, job in enumerate(jobs):
-            across = -(-(xs[col + 1] - xs[col]) // TILE)
-            if len(tables[job]) != across * down:
-                found = len(tables[job])
-                raise JobFailed(
-                    f"job {keys.job_id}: tile {job + 1} holds {found} TIFF tiles, not {across * down}"
-                )
-        for local in range(down):
-            for col, job in enumerate(jobs):
-                across = -(-(xs[col + 1] - xs[col]) // TILE)
-                row = tables[job][local * across : (local + 1) * across]
-                start, end = row[0][0], row[-1][0] + row[-1][1]
-                data = memoryview(reads[job](start, end - start))
-                for offset, length in row:
-                    yield data[offset - start : offset - start + length]
