@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, TypeAlias
 
 from ..errors import ImageTooLarge, InvalidImage
+from ..worker.stream import is_tiff
 
 __all__ = ["STREAMED_FILE", "Source", "big_tiff", "read_source"]
 
@@ -20,7 +21,6 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | I
 #: A TIFF file larger than this is planned from its header and sent to Redis in chunks as
 #: it is read, never held whole by the client (smaller ones cost less read at once).
 STREAMED_FILE = 1024 * 1024
-_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def big_tiff(source: Source, max_bytes: int) -> Path | None:
@@ -37,7 +37,7 @@ def big_tiff(source: Source, max_bytes: int) -> Path | None:
         if not STREAMED_FILE < size <= max_bytes:
             return None
         with path.open("rb") as handle:
-            return path if handle.read(4) in _TIFF else None
+            return path if is_tiff(handle.read(4)) else None
     except OSError:
         return None  # read_source says why
 

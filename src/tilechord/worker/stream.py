@@ -48,6 +48,7 @@ __all__ = [
     "assemble",
     "cut_by_strips",
     "encode_core",
+    "is_tiff",
     "merge_stream",
     "read_piece",
     "region_layout",
@@ -99,6 +100,7 @@ def stream_grid(size: tuple[int, int], grid: Grid, halo: int) -> Grid:
 
 
 def is_tiff(head: bytes) -> bool:
+    """Whether *head* (a file's first bytes) opens a TIFF or BigTIFF, either byte order."""
     return head[:4] in _TIFF_MAGIC
 
 
