@@ -397,7 +397,8 @@ def test_local_cluster_that_fails_to_start_cleans_up(probe_env: dict[str, str]) 
 
 
 CLUSTER_SCRIPT = """
-import atexit, json, sys, time
+import atexit, json, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C reaches us whatever our parent ignores
 from tilechord import Settings
 from tilechord.local import LocalCluster, pid_alive, shared_cluster
 

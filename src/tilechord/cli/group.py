@@ -61,7 +61,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: SIGTERM unwinds like Ctrl-C, so a local cluster stops in order."""
+    """The console script: SIGTERM unwinds like Ctrl-C, so a local cluster stops in order.
+
+    Ctrl-C raises KeyboardInterrupt even when this process was started with SIGINT ignored
+    (Python then leaves it ignored): a run must stop its tiles and say so on Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     cli.main(args=argv, prog_name="tilechord")
 

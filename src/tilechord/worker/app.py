@@ -11,6 +11,7 @@ import importlib
 import threading
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.app import backends
 from celery.backends.redis import RedisBackend
@@ -19,7 +20,7 @@ from ..config import Settings, celery_config
 from ..errors import ConfigurationError
 from .lease import LeaseRenewal
 from .liveness import Liveness
-from .store import BlobStore
+from .store import BlobStore, retry_policy
 
 __all__ = ["TilechordCelery", "create_app", "default_app", "load_plugins"]
 
@@ -33,6 +34,14 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     subscriptions only cost a round trip each, and leave results whose ``__del__``
     tries to unsubscribe, and reconnect, after Redis is gone.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # redis-py's retry with back-off, as tilechord's own connections have it: a stale
+        # connection (a link just healed) is reconnected, not a failed chord (Celery calls
+        # its chord bookkeeping outside its own retry policy).
+        transient = [redis.ConnectionError, redis.TimeoutError]
+        self.connparams.update(retry=retry_policy(), retry_on_error=transient)
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
