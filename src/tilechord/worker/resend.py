@@ -121,12 +121,16 @@ class Sweeper:
         return sorted(lost)
 
     def _unstarted(self, task_ids: list[str]) -> list[str]:
-        """Those with no Celery record at all: never started (a started task records STARTED)."""
+        """Those not running nor ended: no Celery record, or RETRY (its next message is out).
+
+        A task records STARTED as it starts.  A merge waiting for tiles records RETRY and
+        sends its message again, which can be lost like any other.
+        """
         if not task_ids:
             return []
         backend = self.app.backend
         metas = backend.client.mget([backend.get_key_for_task(tid) for tid in task_ids])
-        return [tid for tid, meta in zip(task_ids, metas, strict=True) if meta is None]
+        return [tid for tid, meta in zip(task_ids, metas, strict=True) if meta is None or b'"RETRY"' in meta]
 
     def _absent(self, task_ids: list[str]) -> set[str]:
         """Those neither waiting in the queue nor held (delivered, unacknowledged) by a worker."""
