@@ -24,7 +24,6 @@ that changes a value while another process reads it may be read half old, half n
 from __future__ import annotations
 
 import functools
-import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from redis.client import Pipeline
 
 from ..errors import JobFailed, JobGone
 from ..imaging.raw import Data
-from .bulk import read_bulk
+from .bulk import read_bulk, read_bulk_into
 from .keys import CHUNK_BYTES, chunk_key
 
 __all__ = ["HEADER_BYTES", "MAGIC", "Data", "Guard", "Layout", "get", "head", "header_of", "iter_chunks"]
@@ -409,78 +408,12 @@ def read_at(client: redis.Redis, key: str, offset: int, size: int, layout: Layou
 def _read_into(client: redis.Redis, key: str, out: memoryview) -> int | None:
     """GET *key* straight into *out*: the reply's length, or ``None`` if *key* is absent.
 
-    :func:`~.bulk.read_bulk`'s socket read (the same private attributes, the same fallback
-    to redis-py's parser), into a slice of the caller's buffer instead of a new one.  A
-    reply longer than *out* raises :class:`JobGone` (and drops the connection, out of step).
+    A reply longer than *out* raises :class:`JobGone` (and drops the connection, out of step).
     """
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    clean = False
-    try:
-        conn.send_command("GET", key)  # type: ignore[no-untyped-call]
-        sock = getattr(conn, "_sock", None)
-        buffered = getattr(getattr(conn, "_parser", None), "_buffer", None)
-        if sock is None or buffered is None or buffered.unread_bytes():
-            reply = conn.read_response()
-            clean = True
-            if reply is not None and len(reply) > len(out):
-                raise _gone(key, f"holds {len(reply)} bytes, more than {len(out)}")
-            if reply is not None:
-                out[: len(reply)] = reply
-            return None if reply is None else len(reply)
-        try:
-            size, rest = _reply_head(sock)
-            if size is None:
-                clean = True
-                return None
-            if size > len(out):
-                raise _gone(key, f"holds {size} bytes, more than {len(out)}")
-            _receive(sock, out[:size], rest[:size])
-            _receive(sock, memoryview(bytearray(2)), rest[size:])  # the reply's final CRLF
-        except TimeoutError as exc:  # socket.timeout
-            raise redis.TimeoutError(f"timeout reading a GET reply: {exc}") from None
-        except OSError as exc:
-            raise redis.ConnectionError(f"error reading a GET reply: {exc}") from None
-        clean = True
-        return size
-    except redis.ResponseError:
-        clean = True
-        raise
-    finally:
-        if not clean:  # the reply was not read to its end: the connection is out of step
-            conn.disconnect()  # type: ignore[no-untyped-call]
-        pool.release(conn)
 
+    def buffer(size: int) -> memoryview:
+        if size > len(out):
+            raise _gone(key, f"holds {size} bytes, more than {len(out)}")
+        return out
 
-def _reply_head(sock: socket.socket) -> tuple[int | None, bytes]:
-    """A bulk reply's length (``None`` for a nil) and the bytes read past its first line."""
-    head = bytearray()
-    while b"\r\n" not in head:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise redis.ConnectionError("Redis closed the connection during a GET")
-        head += chunk
-    line, _, rest = bytes(head).partition(b"\r\n")
-    if line.startswith(b"-"):
-        if rest:
-            raise redis.ConnectionError("more data than the GET reply's error announced")
-        raise redis.ResponseError(line[1:].decode(errors="replace"))
-    if line in (b"$-1", b"_"):
-        return None, rest
-    if not line.startswith(b"$"):
-        raise redis.ConnectionError(f"unexpected reply to GET: {line[:32]!r}")
-    size = int(line[1:])
-    if len(rest) > size + 2:
-        raise redis.ConnectionError("more data than the GET reply announced")
-    return size, rest
-
-
-def _receive(sock: socket.socket, view: memoryview, have: bytes) -> None:
-    """Fill *view*: first with *have* (already read), then off the socket."""
-    view[: len(have)] = have
-    got = len(have)
-    while got < len(view):
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise redis.ConnectionError("Redis closed the connection during a GET")
-        got += n
+    return read_bulk_into(client, key, buffer)
