@@ -116,6 +116,7 @@ _VARIABLES: tuple[_Variable, ...] = (
     _Variable("max_stream_pixels", "TILECHORD_MAX_STREAM_PIXELS", _read_whole(1), str),
     _Variable("max_bytes", "TILECHORD_MAX_BYTES", _read_whole(1), str),
     _Variable("max_tiles", "TILECHORD_MAX_TILES", _read_whole(1), str),
+    _Variable("window", "TILECHORD_WINDOW", _read_whole(0), str),
     _Variable("workers", "TILECHORD_WORKERS", _read_whole(1), str),
     _Variable("plugins", "TILECHORD_PLUGINS", _read_names, ",".join),
 )
@@ -144,6 +145,11 @@ class Settings:
     max_stream_pixels: int = 10_000_000_000
     max_bytes: int = 512 * 1024 * 1024
     max_tiles: int = 256
+    #: The most tiles of one streamed big-TIFF job in Redis at once (sent and not yet taken
+    #: back by the client; see :mod:`tilechord.worker.window`): what bounds Redis's memory
+    #: whatever the image's size.  Each is at most 48 MB raw.  Enough for this many worker
+    #: processes to be busy; 0 sends the whole file first instead.
+    window: int = 8
     max_side: int = 1024  # a grid may have at most this many columns or rows
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     plugins: tuple[str, ...] = ()

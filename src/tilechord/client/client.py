@@ -8,6 +8,7 @@ local cluster (embedded Redis plus a worker pool) is started on first use.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
 from pathlib import Path
@@ -22,13 +23,16 @@ from ..imaging.decode import SourceInfo, count_frames, frame_count, inspect_sour
 from ..imaging.encode import check_format, check_frames
 from ..imaging.frames import FrameInfo, inspect_frames
 from ..imaging.raw import pack_raw, unpack_raw
+from ..imaging.tiffregion import TiffLayout, tiff_layout
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
-from ..worker.specs import JobSpec
+from ..worker.specs import JobSpec, Plan
 from ..worker.stream import region_layout, stream_grid, streams_output
+from ..worker.window import skeleton
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
 from .sources import Source, big_tiff, read_source
+from .window import Window
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
@@ -261,13 +265,14 @@ class Client:
 
     def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
         """Store a prepared job's source and send its split; its keys go again if sending fails."""
-        from ..worker.canvas import split_signature
+        from ..worker.canvas import job_tiles, split_signature
 
         app = self.app
         keys = JobKeys(new_job_id())
+        sent = self._windowed(job)  # a big TIFF into a TIFF: sent as the tiles need it
         spec = JobSpec(
             keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames,
-            job.stream,
+            job.stream, sent is not None,
         )  # fmt: skip
         info = job.info
         describe = (
@@ -275,7 +280,13 @@ class Client:
             f"grid {job.grid}, [{job.pipeline}]"
         )
         limit = self.configured.job_timeout if timeout is None else timeout
-        if job.path is not None:  # a big file: sent in chunks as it is read, never held here
+        window: Window | None = None
+        if sent is not None:  # only the skeleton now; the pieces from the window's thread
+            assert job.path is not None
+            app.store.open_jobs([(keys, sent[1])])
+            tiles = job_tiles(spec, Plan((job.info.size,), region=True, stream=True), job.pipeline.halo)
+            window = Window(app.store, keys, job.path, sent[0], tiles, self.configured.window)
+        elif job.path is not None:  # a big file: sent in chunks as it is read, never held here
             app.store.open_job(keys)
             try:
                 with job.path.open("rb") as handle:
@@ -291,7 +302,27 @@ class Client:
         except BaseException:
             app.store.cleanup(keys)
             raise
-        return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps))
+        if window is not None:
+            window.start()
+        return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps), window)
+
+    def _windowed(self, job: Prepared) -> tuple[TiffLayout, bytes] | None:
+        """A job to send through a window (:mod:`tilechord.worker.window`): its layout and skeleton.
+
+        ``None`` for any other: not a big TIFF file edited into a streamed TIFF, a pipeline
+        with global steps (their statistics read every tile first), or a window of 0.
+        """
+        if job.path is None or not job.stream or job.pipeline.global_steps or self.configured.window < 1:
+            return None
+        with job.path.open("rb") as handle:
+
+            def read(offset: int, size: int) -> bytes:
+                return os.pread(handle.fileno(), size, offset)
+
+            length = os.fstat(handle.fileno()).st_size
+            layout = tiff_layout(read, length)
+            bones = skeleton(layout, read, length)
+        return None if bones is None else (layout, bones)
 
     def submit(
         self,

@@ -31,10 +31,11 @@ from ..imaging.decode import SourceInfo
 from ..ops import Pipeline
 from ..worker.keys import JobKeys
 from ..worker.resend import Sweeper
-from ..worker.stream import assemble
+from ..worker.stream import assemble, stored_tiles
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
+    from .window import Window
 
 __all__ = ["POLL", "Job", "Prepared", "ProgressCallback", "rerun_notes"]
 
@@ -98,8 +99,10 @@ class Job:
         fmt: str | None,
         timeout: float,
         stages: int = 0,
+        window: Window | None = None,
     ) -> None:
         self._app = app
+        self._window = window  # a windowed job's feeder and drain (tilechord.client.window)
         self.keys = keys
         self.tiles = tiles
         self.stages = stages  # global steps: each adds a stats and a reduce stage
@@ -174,8 +177,19 @@ class Job:
         if not (message.get("ok") and message.get("stream")):
             return None
         buffer = io.BytesIO()
-        assemble(self._app.store, self.keys, message["stream"], buffer)
+        try:
+            assemble(message["stream"], buffer, self._edited_tiles())
+        finally:
+            if self._window is not None:
+                self._window.close()
         return buffer.getvalue()
+
+    def _edited_tiles(self) -> Callable[[int], Callable[[int, int], bytes]]:
+        """Where a streamed job's edited tiles are read from: Redis, or a windowed job's spool."""
+        if self._window is None:
+            return stored_tiles(self._app.store, self.keys)
+        self._window.finish(max(5.0, self.timeout - (time.monotonic() - self.sent)))
+        return self._window.reader
 
     def save(
         self, file: BinaryIO, timeout: float | None = None, *, on_progress: ProgressCallback | None = None
@@ -195,7 +209,7 @@ class Job:
             if not message.get("ok"):
                 self.settle(message)  # raises the job's error
             elif message.get("stream"):  # a streamed TIFF: written from its tiles, row by row
-                written = assemble(self._app.store, self.keys, message["stream"], file)
+                written = assemble(message["stream"], file, self._edited_tiles())
             else:
                 for part in self._app.store.stream(self.keys, self.keys.result):
                     written += file.write(part)
@@ -353,6 +367,8 @@ class Job:
         )
 
     def _cleanup(self) -> None:
+        if self._window is not None:
+            self._window.close()
         with contextlib.suppress(BrokerUnavailable):  # keys carry a TTL; they expire anyway
             self._app.store.cleanup(self.keys)
 

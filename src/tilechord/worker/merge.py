@@ -20,6 +20,7 @@ from ..ops import Pipeline
 from .canvas import job_tiles
 from .keys import JobKeys
 from .specs import JobSpec, Plan, TileSpec
+from .window import source_reader
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -63,7 +64,9 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
     return finish(app, keys, spec, frames, plan.timing, source_header(app, keys, plan))
 
 
-def source_header(app: TilechordCelery, keys: JobKeys, plan: Plan) -> Image.Image | None:
+def source_header(
+    app: TilechordCelery, keys: JobKeys, plan: Plan, window: bool = False
+) -> Image.Image | None:
     """The source opened again for its metadata, or ``None`` for a raw one (it has none).
 
     tilechord's pixel limit, not Pillow's: over 179 MP, ``Image.open`` alone refuses.  A
@@ -73,7 +76,7 @@ def source_header(app: TilechordCelery, keys: JobKeys, plan: Plan) -> Image.Imag
     if plan.raw:
         return None
     if plan.region:
-        read, length = app.store.reader(keys, keys.source)
+        read, length = source_reader(app, keys, window)
         fp = io.BufferedReader(ReadAtFile(read, length), buffer_size=1 << 16)
         return open_file(fp, max(settings.max_pixels, settings.max_stream_pixels))
     return open_checked(app.store.get_pixels(keys, keys.source), settings.max_pixels)

@@ -61,6 +61,7 @@ class JobSpec:
     format: str | None  # the output's Pillow format; None for a raw result (process_image)
     frames: int = 1
     stream: bool = False  # a TIFF written as the tiles come (tilechord.worker.stream)
+    window: bool = False  # the client sends the source as tiles need it (tilechord.worker.window)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -70,15 +71,17 @@ class JobSpec:
             "format": self.format,
             "frames": self.frames,
         }
-        if self.stream:
-            out["stream"] = True
+        for name in ("stream", "window"):
+            if getattr(self, name):
+                out[name] = True
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
         cols, rows = data["grid"]
         return cls(data["job"], list(data["ops"]), (int(cols), int(rows)), data["format"],
-                   int(data.get("frames", 1)), bool(data.get("stream", False)))  # fmt: skip
+                   int(data.get("frames", 1)), bool(data.get("stream", False)),
+                   bool(data.get("window", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class TileSpec:
     decode: bool = False  # True: the tile decodes the source itself (a small JPEG grid)
     region: bool = False  # True: the tile reads its cut box from the TIFF source by region
     stream: bool = False  # True: the edited core is stored as compressed TIFF tiles
+    window: bool = False  # True: its source bytes come as a piece of their own (worker.window)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -105,10 +109,9 @@ class TileSpec:
             "label": self.label,
             "decode": self.decode,
         }
-        if self.region:
-            out["region"] = True
-        if self.stream:
-            out["stream"] = True
+        for name in ("region", "stream", "window"):
+            if getattr(self, name):
+                out[name] = True
         return out
 
     @classmethod
@@ -123,6 +126,7 @@ class TileSpec:
             decode=bool(data.get("decode", False)),
             region=bool(data.get("region", False)),
             stream=bool(data.get("stream", False)),
+            window=bool(data.get("window", False)),
         )
 
 

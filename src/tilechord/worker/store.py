@@ -377,6 +377,33 @@ class BlobStore:
             raise JobGone(f"job {keys.job_id} was cancelled or expired")
         return [name for name, there in zip(names, found, strict=True) if not there]
 
+    def piece_state(self, keys: JobKeys, piece: str, tile: int) -> str:
+        """A windowed tile's state: ``"finished"``, ``"there"`` (its piece) or ``"missing"``.
+
+        :class:`JobGone` if the job is gone (see :mod:`tilechord.worker.window`).
+        """
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(keys.live)
+            pipe.sismember(keys.finished, str(tile))
+            pipe.exists(piece)
+            live, finished, there = pipe.execute()
+        if not live:
+            raise JobGone(f"job {keys.job_id} was cancelled or expired")
+        return "finished" if finished else "there" if there else "missing"
+
+    def finished_tiles(self, keys: JobKeys) -> set[int]:
+        """The tiles edited so far (each once, however often it ran)."""
+        with self._errors():
+            return {int(item) for item in self.client.smembers(keys.finished)}
+
+    def drop(self, keys: JobKeys, *names: str) -> None:
+        """Delete values of the job (their chunks too) that are no longer needed."""
+        with self._errors():
+            doomed = [key for name in names for key in chunks.keys_of(self.client, name)]
+            if doomed:
+                self.client.delete(*doomed)
+
     def tiles_done(self, keys: JobKeys) -> int:
         with self._errors():
             return int(self.client.get(keys.progress) or 0)

@@ -31,7 +31,7 @@ from ..errors import TilechordError
 from ..imaging import Grid
 from ..imaging.geometry import aligned_edges
 from ..imaging.raw import Data, pack_raw
-from ..imaging.regions import TiffLayout, read_region, tiff_layout
+from ..imaging.regions import ReadAt, TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
 from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
 from ..ops import Kind, Pipeline
@@ -52,6 +52,7 @@ __all__ = [
     "merge_stream",
     "read_piece",
     "region_layout",
+    "stored_tiles",
     "stream_grid",
     "streams_output",
 ]
@@ -192,9 +193,11 @@ def merge_stream(plan: Plan, layout: list[TileSpec], source: Image.Image | None)
     }
 
 
-def assemble(store: BlobStore, keys: JobKeys, manifest: dict[str, Any], fh: BinaryIO) -> int:
+def assemble(manifest: dict[str, Any], fh: BinaryIO, reader: Callable[[int], ReadAt]) -> int:
     """Write a streamed job's tiled BigTIFF into *fh* from its edited tiles; the bytes written.
 
+    ``reader(tile)`` reads byte ranges of one job tile's edited core: in Redis
+    (:func:`stored_tiles`), or in a windowed job's spool (:mod:`tilechord.client.window`).
     One row of TIFF tiles is held at a time, whatever the image's size (``tiffout.band_segments``).
     """
     width, height = (int(v) for v in manifest["size"])
@@ -203,9 +206,13 @@ def assemble(store: BlobStore, keys: JobKeys, manifest: dict[str, Any], fh: Bina
     start = fh.tell()
     write_tiled(
         fh, (width, height), str(manifest["mode"]),
-        band_segments([int(x) for x in manifest["xs"]], [int(y) for y in manifest["ys"]],
-                      lambda job: store.reader(keys, keys.edited(job))[0], TILE), TILE,
+        band_segments([int(x) for x in manifest["xs"]], [int(y) for y in manifest["ys"]], reader, TILE), TILE,
         dpi=(float(dpi[0]), float(dpi[1])) if dpi else None,
         icc=base64.b64decode(icc) if icc else None,
     )  # fmt: skip
     return fh.tell() - start
+
+
+def stored_tiles(store: BlobStore, keys: JobKeys) -> Callable[[int], ReadAt]:
+    """:func:`assemble`'s reader of edited tiles kept in Redis until the end."""
+    return lambda tile: store.reader(keys, keys.edited(tile))[0]

@@ -47,6 +47,7 @@ from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
 from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
+from .window import Waiting, read_windowed, source_reader
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -107,10 +108,14 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
     tile = TileSpec.from_json(tile_json)
     app, keys = _app(self), JobKeys(job)
     with reported(app, keys, f"edit of {tile.label} [{ops_text(ops)}]"):
+        piece = _windowed(self, app, keys, tile) if tile.window else None
+        if tile.window and piece is None:  # run again after its result was drained: nothing to do
+            return {"tile": tile.index, "box": list(tile.box), "skipped": "finished already"}
         app.store.started(keys, f"edit-{tile.index}", str(self.request.hostname))
         pipeline = Pipeline.from_json(ops)
         known = _histograms(app, keys, pipeline, tile.frame, len(pipeline.global_steps))
-        out, dest = pipeline.run_tile(_piece(app, keys, tile), tile.cut, tile.box, tile.size, known)
+        piece = _piece(app, keys, tile) if piece is None else piece
+        out, dest = pipeline.run_tile(piece, tile.cut, tile.box, tile.size, known)
         core = encode_core(out) if tile.stream else pack_raw(out, {"box": list(dest)})
         app.store.put(keys, keys.edited(tile.index), core)
         app.store.tile_done(keys, tile.index)
@@ -123,9 +128,12 @@ def merge(self: Task, spec_json: dict[str, Any]) -> Any:
     with reported(app, keys, "merge"):
         plan = Plan.from_json(_load_json(app, keys, keys.plan))
         layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
-        _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
+        if spec.window:  # the client drains the edited tiles as they finish: count them instead
+            _await_count(self, app, keys, len(layout))
+        else:
+            _await(self, app, keys, [keys.edited(tile.index) for tile in layout])
         if plan.stream:  # the client writes the file from the tiles: tell it how
-            manifest = merge_stream(plan, layout, source_header(app, keys, plan))
+            manifest = merge_stream(plan, layout, source_header(app, keys, plan, spec.window))
             app.store.notify(keys, {"ok": True, "stream": manifest})
             return {"size": manifest["size"], "mode": plan.mode, "format": "TIFF", "written": "by the client"}
         return merge_frames(app, keys, spec, plan)
@@ -222,7 +230,7 @@ def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: P
     """
     if spec.frames != 1:
         return None
-    read, length = app.store.reader(keys, keys.source)
+    read, length = source_reader(app, keys, spec.window)
     layout = region_layout(read, length)
     if layout is None:
         return None
@@ -273,6 +281,29 @@ def _await(task: Task, app: TilechordCelery, keys: JobKeys, names: list[str]) ->
             AWAIT_EVERY,
         )
         raise task.retry(countdown=AWAIT_EVERY, max_retries=None)
+
+
+def _await_count(task: Task, app: TilechordCelery, keys: JobKeys, tiles: int) -> None:
+    """:func:`_await` for a windowed job, whose edited tiles the client takes as they finish."""
+    done = app.store.tiles_done(keys)
+    if done < tiles:
+        if not app.store.is_live(keys):
+            raise JobGone(f"job {keys.job_id} was cancelled or expired")
+        logger.info("job %s: %d tile(s) not finished yet, looking again in %.1f s", keys.job_id,
+                    tiles - done, AWAIT_EVERY)  # fmt: skip
+        raise task.retry(countdown=AWAIT_EVERY, max_retries=None)
+
+
+#: Seconds before an edit whose piece is not sent yet runs again (:mod:`tilechord.worker.window`).
+PIECE_RETRY = 0.2
+
+
+def _windowed(task: Task, app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image | None:
+    """A windowed tile's input; ``None`` if it is finished already; a retry while it is not sent."""
+    try:
+        return read_windowed(app, keys, tile)
+    except Waiting:
+        raise task.retry(countdown=PIECE_RETRY, max_retries=None) from None
 
 
 def _load_json(app: TilechordCelery, keys: JobKeys, key: str) -> Any:

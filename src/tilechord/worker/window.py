@@ -1,0 +1,164 @@
+"""A big TIFF sent as its tiles need it: Redis holds a window of the job, not the image.
+
+A job that streams both ways (a tiled or striped TIFF file in, a streamed TIFF out: see
+:mod:`tilechord.worker.stream`) keeps every process's memory bounded, but stored whole,
+its compressed source and its edited tiles would still fill Redis in proportion to the
+image.  So the client that holds the file sends it piece by piece:
+
+* the **skeleton** (``keys.source``): every byte of the file that is not tile or strip
+  data (header, IFDs, tag values), a few hundred KB even for gigapixels, from which the
+  split, each edit and the merge parse the layout and metadata as from the whole file;
+* one **piece** per job tile (``keys.tile(i)``): the bytes of the segments its region
+  (core and halo) touches, sent at most :attr:`~tilechord.config.Settings.window` tiles
+  ahead of the client's **drain**, which takes each edited tile out of Redis once it is
+  finished (into a spool file of its own) and deletes its piece.
+
+So Redis holds at most ``window`` pieces and a few edited tiles of a job at once, whatever
+the image's size; edits start as soon as their piece is in, before the rest is sent.  A
+segment a halo shares with a neighbour is sent in both pieces: a few per cent more bytes,
+and no piece waits for another tile's.  The client side is :mod:`tilechord.client.window`.
+
+An edit whose piece is not there yet waits a moment, then hands its message back (a retry
+with a countdown) rather than hold a pool process the window needs: a tile lost with its
+worker is sent again behind the later ones, and those must not wait for it forever.  A
+tile already finished (run again after its first run was drained) is skipped: its piece
+is gone, and its result is already in the client's spool.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from ..errors import InvalidImage
+from ..imaging.regions import Box, read_region, region_ranges
+from ..imaging.tiffregion import ReadAt, TiffLayout, tiff_layout
+from .keys import CHUNK_BYTES, JobKeys
+
+if TYPE_CHECKING:
+    from .app import TilechordCelery
+    from .specs import TileSpec
+
+__all__ = [
+    "PIECE_WAIT",
+    "RangeReader",
+    "Waiting",
+    "cell_piece",
+    "pack_ranges",
+    "read_windowed",
+    "skeleton",
+    "source_reader",
+]
+
+_MAGIC = b"TCRG"
+_HEAD = struct.Struct("<4sQI")  # magic, the file's length, how many ranges
+_RANGE = struct.Struct("<QQ")  # offset, length
+#: Seconds an edit waits for its piece before it hands its message back (see the module's docstring).
+PIECE_WAIT = 1.0
+_LOOK_EVERY = 0.02
+
+
+def pack_ranges(length: int, blocks: Iterable[tuple[int, bytes]]) -> bytes:
+    """Byte ranges ``(offset, data)`` of a file of *length* bytes, as one value for Redis."""
+    items = sorted((offset, data) for offset, data in blocks if data)
+    table = b"".join(_RANGE.pack(offset, len(data)) for offset, data in items)
+    return _HEAD.pack(_MAGIC, length, len(items)) + table + b"".join(data for _, data in items)
+
+
+class RangeReader:
+    """Reads byte ranges of a file from the parts of it that :func:`pack_ranges` packed.
+
+    Several values may be given (the skeleton and a tile's piece): together they hold every
+    byte a parse or a region read of that tile asks for.  A byte held by none reads as zero:
+    a header parser's read-ahead may run into tile data nobody sent, which it never uses.
+    """
+
+    def __init__(self, *values: bytes | memoryview) -> None:
+        blocks: list[tuple[int, memoryview]] = []
+        self.length = 0
+        for value in values:
+            view = memoryview(value)
+            magic, length, count = _HEAD.unpack_from(view)
+            if magic != _MAGIC:
+                raise InvalidImage("a windowed job's source part is damaged (not a packed range value)")
+            self.length = max(self.length, length)
+            at = _HEAD.size + count * _RANGE.size
+            for n in range(count):
+                offset, size = _RANGE.unpack_from(view, _HEAD.size + n * _RANGE.size)
+                blocks.append((offset, view[at : at + size]))
+                at += size
+        blocks.sort(key=lambda block: block[0])
+        self._starts = [offset for offset, _ in blocks]
+        self._blocks = blocks
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)``, clipped to the file's length."""
+        size = max(0, min(size, self.length - offset))
+        out = bytearray(size)
+        n = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while n < len(self._blocks) and self._blocks[n][0] < offset + size:
+            start, data = self._blocks[n]
+            lo, hi = max(start, offset), min(start + len(data), offset + size)
+            if lo < hi:
+                out[lo - offset : hi - offset] = data[lo - start : hi - start]
+            n += 1
+        return bytes(out)
+
+
+def source_reader(app: TilechordCelery, keys: JobKeys, window: bool) -> tuple[ReadAt, int]:
+    """A reader of the job's TIFF source: the chunked file, or a windowed job's skeleton."""
+    if not window:
+        return app.store.reader(keys, keys.source)
+    reader = RangeReader(app.store.get_pixels(keys, keys.source))
+    return reader.read, reader.length
+
+
+def skeleton(layout: TiffLayout, read: ReadAt, length: int) -> bytes | None:
+    """Every byte of the file outside its segments, packed; ``None`` if that is over a chunk."""
+    spans = sorted(zip(layout.offsets, layout.bytecounts, strict=True))
+    gaps: list[tuple[int, int]] = []
+    at = 0
+    for offset, count in spans:
+        if offset > at:
+            gaps.append((at, offset - at))
+        at = max(at, offset + count)
+    if at < length:
+        gaps.append((at, length - at))
+    if sum(size for _, size in gaps) > CHUNK_BYTES:
+        return None  # much besides the pixels (a second page, a thumbnail): send the file whole
+    return pack_ranges(length, ((offset, read(offset, size)) for offset, size in gaps))
+
+
+def cell_piece(layout: TiffLayout, read: ReadAt, length: int, cut: Box) -> bytes:
+    """The segments a tile's cut box touches, packed: all its edit reads besides the skeleton."""
+    return pack_ranges(length, ((offset, read(offset, size)) for offset, size in region_ranges(layout, cut)))
+
+
+class Waiting(Exception):
+    """An edit's piece is not in Redis yet: hand the message back and try again shortly."""
+
+
+def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image | None:
+    """A windowed tile's input, once its piece is in; ``None`` if the tile is finished already.
+
+    Raises :class:`Waiting` after :data:`PIECE_WAIT` seconds without the piece, and
+    :class:`~tilechord.errors.JobGone` once the job is gone.
+    """
+    store = app.store
+    give_up = time.monotonic() + PIECE_WAIT
+    while True:
+        state = store.piece_state(keys, keys.tile(tile.index), tile.index)
+        if state == "finished":
+            return None
+        if state == "there":
+            break
+        if time.monotonic() >= give_up:
+            raise Waiting(f"{tile.label}: its source is not sent yet")
+        time.sleep(_LOOK_EVERY)
+    reader = RangeReader(store.get_pixels(keys, keys.source), store.get_pixels(keys, keys.tile(tile.index)))
+    return read_region(reader.read, tiff_layout(reader.read, reader.length), tile.cut)
