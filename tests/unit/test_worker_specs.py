@@ -38,9 +38,9 @@ def test_a_stored_plan_keeps_its_keys() -> None:
 
 
 def test_task_names_are_the_public_ones() -> None:
-    assert tuple(
-        f"tilechord.{n}" for n in ("split", "stats", "reduce", "edit", "merge", "batch")
-    ) == TASK_NAMES
+    assert (
+        tuple(f"tilechord.{n}" for n in ("split", "stats", "reduce", "edit", "merge", "batch")) == TASK_NAMES
+    )
 
 
 @given(

@@ -378,19 +378,10 @@ class BlobStore:
         return [name for name, there in zip(names, found, strict=True) if not there]
 
     def piece_state(self, keys: JobKeys, piece: str, tile: int) -> str:
-        """A windowed tile's state: ``"finished"``, ``"there"`` (its piece) or ``"missing"``.
-
-        :class:`JobGone` if the job is gone (see :mod:`tilechord.worker.window`).
-        """
-        with self._errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.exists(keys.live)
-            pipe.sismember(keys.finished, str(tile))
-            pipe.exists(piece)
-            live, finished, there = pipe.execute()
-        if not live:
-            raise JobGone(f"job {keys.job_id} was cancelled or expired")
-        return "finished" if finished else "there" if there else "missing"
+        """A windowed tile's ``"finished"``, ``"there"`` (its piece) or ``"missing"``; or JobGone."""
+        if tile in self.finished_tiles(keys):
+            return "finished"
+        return "missing" if self.missing(keys, [piece]) else "there"
 
     def finished_tiles(self, keys: JobKeys) -> set[int]:
         """The tiles edited so far (each once, however often it ran)."""

@@ -1,0 +1,157 @@
+"""A big TIFF edited into a TIFF goes through Redis as a window of tiles, never whole.
+
+Real workers, a real Redis: the client sends a skeleton, then each tile's piece at most
+``window`` tiles ahead of the tiles it has taken back (:mod:`tilechord.worker.window`).
+Redis's keyspace notifications count the pieces present at every moment; the result must
+equal Pillow's on the whole image; a worker's machine killed mid-job costs a lease, not a
+tile; and nothing is left in Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from bigimages import write_tiled_tiff
+from PIL import Image
+from procs import wait_for
+from reference import reference
+from workers import PLUGINS, tilechord_keys, worker_env
+
+from tilechord import Client, Settings
+from tilechord.local import EmbeddedRedis, WorkerPool
+
+pytestmark = [pytest.mark.slow]
+
+OPS = ["gaussian_blur:radius=4"]
+SIZE = (8192, 7680)  # 63 MP: over the 48 MP above which a TIFF out streams; 3 x 3 tiles of 48 MB
+WINDOW = 2
+Cluster = tuple[EmbeddedRedis, list[WorkerPool], Client]
+
+
+class PieceCounter:
+    """The most ``:tile:`` keys (pieces) Redis held at once, from its keyspace notifications."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.most = 0
+        self.seen: set[bytes] = set()
+        self._present: set[bytes] = set()
+        self._stop = threading.Event()
+        self._saved = str(self.redis.config_get("notify-keyspace-events")["notify-keyspace-events"])
+        self.redis.config_set("notify-keyspace-events", "K$g")
+        self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.psubscribe("__keyspace@*__:tilechord:*:tile:*")
+        self._thread = threading.Thread(target=self._count, daemon=True)
+        self._thread.start()
+
+    def _count(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is None:
+                continue
+            key = message["channel"].split(b":", 1)[1]
+            if message["data"] == b"set":
+                self._present.add(key)
+                self.seen.add(key)
+            elif message["data"] in (b"del", b"expired"):
+                self._present.discard(key)
+            self.most = max(self.most, len(self._present))
+
+    def close(self) -> None:
+        time.sleep(0.3)  # the last deletions' notices
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self.redis.config_set("notify-keyspace-events", self._saved)
+        self.redis.close()
+
+
+@pytest.fixture(scope="module")
+def big_tiff(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image.Image]:
+    """The seeded tiled BigTIFF, and Pillow's result on the whole of it."""
+    path = tmp_path_factory.mktemp("window") / "in.tif"
+    write_tiled_tiff(path, *SIZE, seed=5)
+    with Image.open(path) as source:
+        return path, reference(source, OPS)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A Redis and two one-process workers of this test's own, and a client with a window of 2."""
+    server = EmbeddedRedis()
+    server.start()
+    pools = [WorkerPool(server.url, concurrency=1, env=worker_env(server.url)) for _ in range(2)]
+    own = Client(Settings(redis_url=server.url, job_timeout=180, plugins=PLUGINS, window=WINDOW))
+    try:
+        for pool in pools:
+            pool.start()
+        yield server, pools, own
+    finally:
+        own.close()
+        for pool in pools:
+            pool.stop(graceful=False)
+        server.stop()
+
+
+def run(client: Client, source: Path, out: Path) -> tuple[int, int]:
+    """The job through ``Job.save`` into *out*: (tiles, the most tiles the client had out at once)."""
+    job = client.submit(source, OPS)
+    assert job._window is not None, "a big TIFF into a TIFF is sent through a window"
+    with out.open("wb") as fh:
+        job.save(fh)
+    return job.tiles, job._window.most_in_flight
+
+
+def assert_equals(out: Path, expected: Image.Image) -> None:
+    with Image.open(out) as got:
+        assert (got.mode, got.size) == (expected.mode, expected.size)
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.timeout(300)
+def test_redis_holds_at_most_the_window_of_pieces_and_the_result_equals_pillow(
+    cluster: tuple[EmbeddedRedis, list[WorkerPool], Client],
+    big_tiff: tuple[Path, Image.Image],
+    tmp_path: Path,
+) -> None:
+    server, _, client = cluster
+    counter = PieceCounter(server.url)
+    try:
+        tiles, out_at_once = run(client, big_tiff[0], tmp_path / "out.tif")
+    finally:
+        counter.close()
+    assert tiles == 9
+    assert len(counter.seen) == tiles, "every tile had a piece of its own"
+    assert 1 <= counter.most <= WINDOW, f"{counter.most} pieces in Redis at once, window {WINDOW}"
+    assert out_at_once <= WINDOW
+    assert_equals(tmp_path / "out.tif", big_tiff[1])
+    with redis.Redis.from_url(server.url) as r:
+        assert not tilechord_keys(r)
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_machine_killed_mid_job_costs_a_lease_and_the_result_still_equals_pillow(
+    cluster: tuple[EmbeddedRedis, list[WorkerPool], Client],
+    big_tiff: tuple[Path, Image.Image],
+    tmp_path: Path,
+) -> None:
+    server, pools, client = cluster
+    job = client.submit(big_tiff[0], OPS)
+    store = client.store
+    assert wait_for(lambda: len(store.runs(job.keys)) >= 2, 60), "two edits never started"
+    victim = next(p for p in pools if p.nodename == store.runs(job.keys)[-1]["host"])
+    assert victim.pid is not None
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole machine: main process and pool child
+    with (tmp_path / "out.tif").open("wb") as fh:
+        job.save(fh, timeout=120)
+    assert_equals(tmp_path / "out.tif", big_tiff[1])
+    with redis.Redis.from_url(server.url) as r:
+        assert not tilechord_keys(r)
