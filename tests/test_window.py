@@ -4,13 +4,15 @@ Real workers, a real Redis: the client sends a skeleton, then each tile's piece 
 ``window`` tiles ahead of the tiles it has taken back (:mod:`tilechord.worker.window`).
 Redis's keyspace notifications count the pieces present at every moment; the result must
 equal Pillow's on the whole image; a worker's machine killed mid-job costs a lease, not a
-tile; and nothing is left in Redis.
+tile; a client that dies mid-job has its job dropped; and nothing is left in Redis.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from workers import PLUGINS, tilechord_keys, worker_env
 
 from tilechord import Client, Settings
 from tilechord.local import EmbeddedRedis, WorkerPool
+from tilechord.worker.keys import JobKeys
+from tilechord.worker.window import FEEDER_TTL
 
 pytestmark = [pytest.mark.slow]
 
@@ -155,3 +159,37 @@ def test_a_worker_machine_killed_mid_job_costs_a_lease_and_the_result_still_equa
     assert_equals(tmp_path / "out.tif", big_tiff[1])
     with redis.Redis.from_url(server.url) as r:
         assert not tilechord_keys(r)
+
+
+CLIENT = """
+import sys, time
+from tilechord import Client, Settings
+client = Client(Settings(redis_url=sys.argv[1], window=1, job_timeout=300))
+job = client.submit(sys.argv[2], ["gaussian_blur:radius=4"])
+print(job.id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_client_that_dies_mid_job_has_its_job_dropped_and_the_workers_serve_the_next(
+    cluster: Cluster, big_tiff: tuple[Path, Image.Image], tmp_path: Path
+) -> None:
+    server, _, client = cluster
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, server.url, str(big_tiff[0])], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        keys = JobKeys(proc.stdout.readline().decode().strip())
+        assert wait_for(lambda: len(client.store.runs(keys)) >= 1, 60), "no edit started"
+    finally:
+        proc.kill()  # mid-job: its window sent one piece, the other tiles wait for theirs
+        proc.wait()
+    with redis.Redis.from_url(server.url) as r:
+        assert r.exists(keys.live), "the job outlived its client for a moment"
+        pattern = f"tilechord:{keys.job_id}:*"
+        gone = wait_for(lambda: not list(r.scan_iter(match=pattern)), FEEDER_TTL + 30)
+        assert gone, sorted(r.scan_iter(match=pattern))
+    run(client, big_tiff[0], tmp_path / "out.tif")  # the workers are free for the next job
+    assert_equals(tmp_path / "out.tif", big_tiff[1])

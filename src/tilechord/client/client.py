@@ -297,13 +297,15 @@ class Client:
         else:
             app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
+            if window is not None:
+                window.start()
             # Expires with the wait: a split nobody waits for any more is never run.
             split_signature(app, spec, describe).apply_async(expires=limit)
         except BaseException:
+            if window is not None:
+                window.close()
             app.store.cleanup(keys)
             raise
-        if window is not None:
-            window.start()
         return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps), window)
 
     def _windowed(self, job: Prepared) -> tuple[TiffLayout, bytes] | None:

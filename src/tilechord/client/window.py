@@ -15,13 +15,14 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import JobFailed, JobGone
 from ..imaging.tiffregion import TiffLayout
-from ..worker.window import cell_piece
+from ..worker.window import FEEDER_TTL, cell_piece
 
 if TYPE_CHECKING:
     from ..worker.keys import JobKeys
@@ -52,11 +53,21 @@ class Window:
         self._spans: dict[int, tuple[int, int]] = {}  # tile -> (offset, length) in the spool
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._beaten = 0.0
         self.most_in_flight = 0  # the most tiles sent and not yet drained, for tests and the bench
         self._thread = threading.Thread(target=self._run, name=f"tilechord-window-{keys.job_id}", daemon=True)
 
     def start(self) -> None:
+        """Mark the job as fed (before any edit can look) and start sending and draining."""
+        self._store.beat(self._keys, FEEDER_TTL)
+        self._beaten = time.monotonic()
         self._thread.start()
+
+    def _beat(self) -> None:
+        """Renew the job's mark that its client still sends, once a second."""
+        if time.monotonic() - self._beaten >= 1.0:
+            self._store.beat(self._keys, FEEDER_TTL)
+            self._beaten = time.monotonic()
 
     def _run(self) -> None:
         try:
@@ -71,6 +82,7 @@ class Window:
         length = self._path.stat().st_size
         count, sent = len(self._tiles), 0
         while len(self._spans) < count and not self._stop.is_set():
+            self._beat()
             while sent < count and sent - len(self._spans) < self._size:
                 piece = cell_piece(self._layout, read, length, self._tiles[sent].cut)
                 self._store.put(self._keys, self._keys.tile(sent), piece)

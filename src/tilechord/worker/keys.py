@@ -104,7 +104,7 @@ class JobKeys:
     def fixed(self) -> tuple[str, ...]:
         """Every key of the job whose name is known without its index set."""
         return (self.live, self.index, self.source, self.plan, self.result, self.done, self.progress,
-                self.finished, self.runs, self.sent, self.sources, self.results)  # fmt: skip
+                self.finished, self.runs, self.sent, self.sources, self.results, self.feeder)  # fmt: skip
 
     @property
     def done(self) -> str:
@@ -125,6 +125,11 @@ class JobKeys:
     def sent(self) -> str:
         """A hash, task id -> the message as sent: what is sent again if lost (:mod:`.resend`)."""
         return self._key("sent")
+
+    @property
+    def feeder(self) -> str:
+        """Set, with a short TTL, while the client sends a windowed job's pieces (:mod:`.window`)."""
+        return self._key("feeder")
 
     @property
     def runs(self) -> str:

@@ -377,11 +377,13 @@ class BlobStore:
             raise JobGone(f"job {keys.job_id} was cancelled or expired")
         return [name for name, there in zip(names, found, strict=True) if not there]
 
-    def piece_state(self, keys: JobKeys, piece: str, tile: int) -> str:
-        """A windowed tile's ``"finished"``, ``"there"`` (its piece) or ``"missing"``; or JobGone."""
-        if tile in self.finished_tiles(keys):
-            return "finished"
-        return "missing" if self.missing(keys, [piece]) else "there"
+    def beat(self, keys: JobKeys, ttl: float) -> None:
+        """Mark a live job's client as sending (:attr:`JobKeys.feeder`) for *ttl* seconds."""
+
+        def write(pipe: Pipeline) -> None:
+            pipe.set(keys.feeder, b"1", px=int(ttl * 1000))
+
+        self._guarded(keys, write, (keys.feeder,), f"job {keys.job_id} was cancelled or expired")
 
     def finished_tiles(self, keys: JobKeys) -> set[int]:
         """The tiles edited so far (each once, however often it ran)."""

@@ -175,9 +175,12 @@ def bind(app: TilechordCelery) -> None:
 
     ``shared=False``: a shared task would reach every app made later in the process.
     ``throws``: tilechord's own errors are expected failures, logged without a traceback.
+    ``max_retries=None``: a merge waiting for its tiles, or an edit for its piece, retries
+    until the job ends (the job's liveness bounds it); ``retry(max_retries=None)`` alone
+    means Celery's default of 3, which failed such waits after a second and a half.
     """
     for name, func in TASKS.items():
-        app.task(name=name, bind=True, throws=(TilechordError,), shared=False)(func)
+        app.task(name=name, bind=True, throws=(TilechordError,), shared=False, max_retries=None)(func)
 
 
 def _piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
@@ -280,7 +283,7 @@ def _await(task: Task, app: TilechordCelery, keys: JobKeys, names: list[str]) ->
             len(missing),
             AWAIT_EVERY,
         )
-        raise task.retry(countdown=AWAIT_EVERY, max_retries=None)
+        raise task.retry(countdown=AWAIT_EVERY)
 
 
 def _await_count(task: Task, app: TilechordCelery, keys: JobKeys, tiles: int) -> None:
@@ -291,7 +294,7 @@ def _await_count(task: Task, app: TilechordCelery, keys: JobKeys, tiles: int) ->
             raise JobGone(f"job {keys.job_id} was cancelled or expired")
         logger.info("job %s: %d tile(s) not finished yet, looking again in %.1f s", keys.job_id,
                     tiles - done, AWAIT_EVERY)  # fmt: skip
-        raise task.retry(countdown=AWAIT_EVERY, max_retries=None)
+        raise task.retry(countdown=AWAIT_EVERY)
 
 
 #: Seconds before an edit whose piece is not sent yet runs again (:mod:`tilechord.worker.window`).
@@ -303,7 +306,7 @@ def _windowed(task: Task, app: TilechordCelery, keys: JobKeys, tile: TileSpec) -
     try:
         return read_windowed(app, keys, tile)
     except Waiting:
-        raise task.retry(countdown=PIECE_RETRY, max_retries=None) from None
+        raise task.retry(countdown=PIECE_RETRY) from None
 
 
 def _load_json(app: TilechordCelery, keys: JobKeys, key: str) -> Any:

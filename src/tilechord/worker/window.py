@@ -20,7 +20,10 @@ and no piece waits for another tile's.  The client side is :mod:`tilechord.clien
 
 An edit whose piece is not there yet waits a moment, then hands its message back (a retry
 with a countdown) rather than hold a pool process the window needs: a tile lost with its
-worker is sent again behind the later ones, and those must not wait for it forever.  A
+worker is sent again behind the later ones, and those must not wait for it forever.  The
+client marks that it is still sending (:attr:`~tilechord.worker.keys.JobKeys.feeder`, renewed
+every second): a waiting edit that finds the mark lapsed (the client died) drops the whole
+job rather than wait for pieces nobody sends until its keys expire.  A
 tile already finished (run again after its first run was drained) is skipped: its piece
 is gone, and its result is already in the client's spool.
 """
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from ..errors import InvalidImage
+from ..errors import InvalidImage, JobGone
 from ..imaging.regions import Box, read_region, region_ranges
 from ..imaging.tiffregion import ReadAt, TiffLayout, tiff_layout
 from .keys import CHUNK_BYTES, JobKeys
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from .specs import TileSpec
 
 __all__ = [
+    "FEEDER_TTL",
     "PIECE_WAIT",
     "RangeReader",
     "Waiting",
@@ -60,6 +64,9 @@ _HEAD = struct.Struct("<4sQI")  # magic, the file's length, how many ranges
 _RANGE = struct.Struct("<QQ")  # offset, length
 #: Seconds an edit waits for its piece before it hands its message back (see the module's docstring).
 PIECE_WAIT = 1.0
+#: Seconds the client's mark that it is still sending lasts unrenewed (it renews it every second):
+#: once it lapses, an edit still waiting for its piece drops the job, whose client is gone.
+FEEDER_TTL = 30.0
 _LOOK_EVERY = 0.02
 
 
@@ -143,6 +150,15 @@ class Waiting(Exception):
     """An edit's piece is not in Redis yet: hand the message back and try again shortly."""
 
 
+def _piece_state(app: TilechordCelery, keys: JobKeys, tile: int) -> str:
+    """A windowed tile's ``"finished"``, ``"there"`` (its piece), ``"missing"``, or ``"orphaned"``
+    (missing, and its client has stopped sending); :class:`JobGone` if the job is gone."""
+    if tile in app.store.finished_tiles(keys):
+        return "finished"
+    missing = app.store.missing(keys, [keys.tile(tile), keys.feeder])
+    return "there" if keys.tile(tile) not in missing else "orphaned" if keys.feeder in missing else "missing"
+
+
 def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image | None:
     """A windowed tile's input, once its piece is in; ``None`` if the tile is finished already.
 
@@ -152,11 +168,14 @@ def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.
     store = app.store
     give_up = time.monotonic() + PIECE_WAIT
     while True:
-        state = store.piece_state(keys, keys.tile(tile.index), tile.index)
+        state = _piece_state(app, keys, tile.index)
         if state == "finished":
             return None
         if state == "there":
             break
+        if state == "orphaned":  # nobody will send the rest, nor wait for the result: end the job
+            store.cleanup(keys)
+            raise JobGone(f"job {keys.job_id}: its client stopped sending its source; the job is dropped")
         if time.monotonic() >= give_up:
             raise Waiting(f"{tile.label}: its source is not sent yet")
         time.sleep(_LOOK_EVERY)
