@@ -27,7 +27,7 @@ from procs import wait_for
 from reference import reference
 from workers import PLUGINS, tilechord_keys, worker_env
 
-from tilechord import Client, Settings
+from tilechord import Client, ImageTooLarge, Settings
 from tilechord.local import EmbeddedRedis, WorkerPool
 from tilechord.worker.keys import JobKeys
 from tilechord.worker.window import FEEDER_TTL
@@ -163,7 +163,7 @@ def test_a_worker_machine_killed_mid_job_costs_a_lease_and_the_result_still_equa
 
 CLIENT = """
 import sys, time
-from tilechord import Client, Settings
+from tilechord import Client, ImageTooLarge, Settings
 client = Client(Settings(redis_url=sys.argv[1], window=1, job_timeout=300))
 job = client.submit(sys.argv[2], ["gaussian_blur:radius=4"])
 print(job.id, flush=True)
@@ -193,3 +193,22 @@ def test_a_client_that_dies_mid_job_has_its_job_dropped_and_the_workers_serve_th
         assert gone, sorted(r.scan_iter(match=pattern))
     run(client, big_tiff[0], tmp_path / "out.tif")  # the workers are free for the next job
     assert_equals(tmp_path / "out.tif", big_tiff[1])
+
+
+@pytest.mark.timeout(300)
+def test_a_file_over_the_byte_limit_goes_through_a_window_but_is_refused_where_it_would_be_stored_whole(
+    cluster: Cluster, big_tiff: tuple[Path, Image.Image], tmp_path: Path
+) -> None:
+    server, _, _ = cluster
+    size = big_tiff[0].stat().st_size
+    small = Client(Settings(redis_url=server.url, job_timeout=180, window=WINDOW, max_bytes=size // 4))
+    try:
+        run(small, big_tiff[0], tmp_path / "out.tif")  # never whole in Redis: the limit is not for it
+        assert_equals(tmp_path / "out.tif", big_tiff[1])
+        with redis.Redis.from_url(server.url) as r:
+            for options in ({"format": "PNG"}, {"ops": ["equalize"]}):  # decoded whole, or a global step
+                with pytest.raises(ImageTooLarge, match="TILECHORD_MAX_BYTES"):
+                    small.submit(big_tiff[0], options.get("ops", OPS), format=options.get("format"))
+                assert not tilechord_keys(r), "refused before anything was stored"
+    finally:
+        small.close()

@@ -194,9 +194,7 @@ def _run_one(
 ) -> None:
     settings = _settings(redis_url, timeout)
     # a big TIFF is planned from its header and sent as it is read; anything else is read here
-    source: bytes | Path = big_tiff(one.input, settings.max_bytes) or read_source(
-        one.input, settings.max_bytes
-    )
+    source: bytes | Path = big_tiff(one.input) or read_source(one.input, settings.max_bytes)
     target, out_format = one.target()
     if one.input.resolve() == target.resolve():
         raise UnsupportedFormat(f"refusing to overwrite the input {one.input}; choose another output path")

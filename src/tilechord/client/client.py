@@ -31,7 +31,7 @@ from ..worker.stream import region_layout, stream_grid, streams_output
 from ..worker.window import skeleton
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
-from .sources import Source, big_tiff, read_source
+from .sources import Source, big_tiff, read_source, too_large
 from .window import Window
 
 if TYPE_CHECKING:
@@ -227,7 +227,14 @@ class Client:
             planned = self._plan_file(data, pipeline, grid, format)
             if planned is not None:
                 p = planned
-                return Prepared(b"", p.pipeline, p.grid, p.info, p.format, p.frames, p.stream, data)
+                prepared = Prepared(b"", p.pipeline, p.grid, p.info, p.format, p.frames, p.stream, data)
+                size, most = data.stat().st_size, self.configured.max_bytes
+                if size > most and not self._can_window(prepared):
+                    why = (
+                        "; a tiled or striped TIFF edited into a TIFF, with no global step, has no such limit"
+                    )
+                    raise too_large(data, size, most, why)
+                return prepared
             data = read_source(data, self.configured.max_bytes)
         return self.prepare(data, pipeline, grid, format)
 
@@ -287,6 +294,8 @@ class Client:
             tiles = job_tiles(spec, Plan((job.info.size,), region=True, stream=True), job.pipeline.halo)
             window = Window(app.store, keys, job.path, sent[0], tiles, self.configured.window)
         elif job.path is not None:  # a big file: sent in chunks as it is read, never held here
+            if (size := job.path.stat().st_size) > self.configured.max_bytes:  # no window after all
+                raise too_large(job.path, size, self.configured.max_bytes)
             app.store.open_job(keys)
             try:
                 with job.path.open("rb") as handle:
@@ -308,13 +317,19 @@ class Client:
             raise
         return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps), window)
 
+    def _can_window(self, job: Prepared) -> bool:
+        """Whether a job may go through a window: see :meth:`_windowed`."""
+        return not (
+            job.path is None or not job.stream or job.pipeline.global_steps or self.configured.window < 1
+        )
+
     def _windowed(self, job: Prepared) -> tuple[TiffLayout, bytes] | None:
         """A job to send through a window (:mod:`tilechord.worker.window`): its layout and skeleton.
 
         ``None`` for any other: not a big TIFF file edited into a streamed TIFF, a pipeline
         with global steps (their statistics read every tile first), or a window of 0.
         """
-        if job.path is None or not job.stream or job.pipeline.global_steps or self.configured.window < 1:
+        if job.path is None or not self._can_window(job):
             return None
         with job.path.open("rb") as handle:
 
@@ -337,7 +352,7 @@ class Client:
     ) -> Job:
         """Check the job, store the source in Redis and start the canvas; returns at once."""
         pipeline = parse_pipeline(ops)
-        path = big_tiff(source, self.configured.max_bytes)
+        path = big_tiff(source)
         if path is not None:  # planned from its header, sent as it is read
             return self.start_prepared(self._prepare_any(path, pipeline, grid, format), timeout)
         data = read_source(source, self.configured.max_bytes)

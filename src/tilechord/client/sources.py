@@ -13,7 +13,7 @@ from typing import IO, TypeAlias
 from ..errors import ImageTooLarge, InvalidImage
 from ..worker.stream import is_tiff
 
-__all__ = ["STREAMED_FILE", "Source", "big_tiff", "read_source"]
+__all__ = ["STREAMED_FILE", "Source", "big_tiff", "read_source", "too_large"]
 
 Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 
@@ -23,23 +23,31 @@ Source: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | I
 STREAMED_FILE = 1024 * 1024
 
 
-def big_tiff(source: Source, max_bytes: int) -> Path | None:
-    """The path of a TIFF file over :data:`STREAMED_FILE` bytes (within the limit), else ``None``.
+def big_tiff(source: Source) -> Path | None:
+    """The path of a TIFF file over :data:`STREAMED_FILE` bytes, else ``None``.
 
-    Such a file is planned from its header and sent in chunks as it is read
-    (:meth:`Client.submit`): the client never holds it.
+    Such a file is planned from its header and sent in chunks as it is read, or piece by
+    piece as its tiles need it (:meth:`Client.submit`): the client never holds it.  The
+    client checks ``TILECHORD_MAX_BYTES`` once it knows which (a file sent piece by piece
+    has no such limit: Redis never holds it).
     """
     if not isinstance(source, (str, os.PathLike)):
         return None
     path = Path(source)
     try:
-        size = path.stat().st_size
-        if not STREAMED_FILE < size <= max_bytes:
+        if path.stat().st_size <= STREAMED_FILE:
             return None
         with path.open("rb") as handle:
             return path if is_tiff(handle.read(4)) else None
     except OSError:
         return None  # read_source says why
+
+
+def too_large(path: Path, size: int, max_bytes: int, why: str = "") -> ImageTooLarge:
+    """The error for a file over ``TILECHORD_MAX_BYTES``."""
+    return ImageTooLarge(
+        f"{path} is {size:,} bytes, over the limit of {max_bytes:,} (TILECHORD_MAX_BYTES){why}"
+    )
 
 
 def read_source(source: Source, max_bytes: int) -> bytes:
@@ -51,9 +59,7 @@ def read_source(source: Source, max_bytes: int) -> bytes:
         try:
             size = path.stat().st_size
             if size > max_bytes:
-                raise ImageTooLarge(
-                    f"{path} is {size:,} bytes, over the limit of {max_bytes:,} (TILECHORD_MAX_BYTES)"
-                )
+                raise too_large(path, size, max_bytes)
             data = path.read_bytes()
         except FileNotFoundError:
             raise InvalidImage(f"no such file: {path}") from None
