@@ -1,6 +1,7 @@
-"""A big TIFF edited into a TIFF goes through Redis as a window of tiles, never whole.
+"""A big TIFF or PNG edited into a TIFF goes through Redis as a window of tiles, never whole.
 
-Real workers, a real Redis: the client sends a skeleton, then each tile's piece at most
+Real workers, a real Redis: the client sends a skeleton, then each tile's piece (a TIFF's
+segments, a PNG's pixels decoded from the top) at most
 ``window`` tiles ahead of the tiles it has taken back (:mod:`tilechord.worker.window`).
 Redis's keyspace notifications count the pieces present at every moment; the result must
 equal Pillow's on the whole image; a worker's machine killed mid-job costs a lease, not a
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from bigimages import write_tiled_tiff
+from bigimages import write_png, write_tiled_tiff
 from PIL import Image
 from procs import wait_for
 from reference import reference
@@ -87,6 +88,15 @@ def big_tiff(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image.Imag
         return path, reference(source, OPS)
 
 
+@pytest.fixture(scope="module")
+def big_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image.Image]:
+    """The seeded PNG, and Pillow's result on the whole of it."""
+    path = tmp_path_factory.mktemp("window") / "in.png"
+    write_png(path, *SIZE, seed=6)
+    with Image.open(path) as source:
+        return path, reference(source, OPS)
+
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     """A Redis and two one-process workers of this test's own, and a client with a window of 2."""
@@ -107,8 +117,8 @@ def cluster() -> Iterator[Cluster]:
 
 def run(client: Client, source: Path, out: Path) -> tuple[int, int]:
     """The job through ``Job.save`` into *out*: (tiles, the most tiles the client had out at once)."""
-    job = client.submit(source, OPS)
-    assert job._window is not None, "a big TIFF into a TIFF is sent through a window"
+    job = client.submit(source, OPS, format="TIFF")
+    assert job._window is not None, "a big TIFF or PNG into a TIFF is sent through a window"
     with out.open("wb") as fh:
         job.save(fh)
     return job.tiles, job._window.most_in_flight
@@ -121,12 +131,12 @@ def assert_equals(out: Path, expected: Image.Image) -> None:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["tiled TIFF", "PNG"])
 def test_redis_holds_at_most_the_window_of_pieces_and_the_result_equals_pillow(
-    cluster: tuple[EmbeddedRedis, list[WorkerPool], Client],
-    big_tiff: tuple[Path, Image.Image],
-    tmp_path: Path,
+    cluster: Cluster, kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     server, _, client = cluster
+    big_tiff = request.getfixturevalue("big_tiff" if kind == "tiled TIFF" else "big_png")
     counter = PieceCounter(server.url)
     try:
         tiles, out_at_once = run(client, big_tiff[0], tmp_path / "out.tif")
@@ -143,7 +153,7 @@ def test_redis_holds_at_most_the_window_of_pieces_and_the_result_equals_pillow(
 
 @pytest.mark.timeout(300)
 def test_a_worker_machine_killed_mid_job_costs_a_lease_and_the_result_still_equals_pillow(
-    cluster: tuple[EmbeddedRedis, list[WorkerPool], Client],
+    cluster: Cluster,
     big_tiff: tuple[Path, Image.Image],
     tmp_path: Path,
 ) -> None:

@@ -53,6 +53,7 @@ NON_DEFAULT = Settings(
     max_stream_pixels=14,
     max_bytes=11,
     max_tiles=12,
+    window=3,
     max_side=13,
     workers=(os.cpu_count() or 1) + 1,
     plugins=("a.b", "c"),

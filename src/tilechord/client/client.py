@@ -23,16 +23,16 @@ from ..imaging.decode import SourceInfo, count_frames, frame_count, inspect_sour
 from ..imaging.encode import check_format, check_frames
 from ..imaging.frames import FrameInfo, inspect_frames
 from ..imaging.raw import pack_raw, unpack_raw
-from ..imaging.tiffregion import TiffLayout, tiff_layout
+from ..imaging.tiffregion import tiff_layout
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import JobSpec, Plan
 from ..worker.stream import region_layout, stream_grid, streams_output
-from ..worker.window import skeleton
+from ..worker.window import png_skeleton, skeleton
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
 from .sources import Source, big_tiff, read_source, too_large
-from .window import Window
+from .window import Pieces, Window, png_pieces, tiff_pieces
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
@@ -272,11 +272,11 @@ class Client:
 
     def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
         """Store a prepared job's source and send its split; its keys go again if sending fails."""
-        from ..worker.canvas import job_tiles, split_signature
+        from ..worker.canvas import split_signature
 
         app = self.app
         keys = JobKeys(new_job_id())
-        sent = self._windowed(job)  # a big TIFF into a TIFF: sent as the tiles need it
+        sent = self._windowed(job)  # a big TIFF or PNG into a TIFF: sent as the tiles need it
         spec = JobSpec(
             keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames,
             job.stream, sent is not None,
@@ -289,10 +289,8 @@ class Client:
         limit = self.configured.job_timeout if timeout is None else timeout
         window: Window | None = None
         if sent is not None:  # only the skeleton now; the pieces from the window's thread
-            assert job.path is not None
-            app.store.open_jobs([(keys, sent[1])])
-            tiles = job_tiles(spec, Plan((job.info.size,), region=True, stream=True), job.pipeline.halo)
-            window = Window(app.store, keys, job.path, sent[0], tiles, self.configured.window)
+            app.store.open_jobs([(keys, sent[0])])
+            window = Window(app.store, keys, sent[1], sent[2], self.configured.window)
         elif job.path is not None:  # a big file: sent in chunks as it is read, never held here
             if (size := job.path.stat().st_size) > self.configured.max_bytes:  # no window after all
                 raise too_large(job.path, size, self.configured.max_bytes)
@@ -319,18 +317,26 @@ class Client:
 
     def _can_window(self, job: Prepared) -> bool:
         """Whether a job may go through a window: see :meth:`_windowed`."""
-        return not (
-            job.path is None or not job.stream or job.pipeline.global_steps or self.configured.window < 1
-        )
+        if not job.stream or job.pipeline.global_steps or self.configured.window < 1:
+            return False
+        return job.path is not None or png_skeleton(job.data) is not None
 
-    def _windowed(self, job: Prepared) -> tuple[TiffLayout, bytes] | None:
-        """A job to send through a window (:mod:`tilechord.worker.window`): its layout and skeleton.
+    def _windowed(self, job: Prepared) -> tuple[bytes, Pieces, int] | None:
+        """A job to send through a window (:mod:`tilechord.worker.window`): skeleton, pieces, tiles.
 
-        ``None`` for any other: not a big TIFF file edited into a streamed TIFF, a pipeline
-        with global steps (their statistics read every tile first), or a window of 0.
+        ``None`` for any other: not a big TIFF file or a PNG edited into a streamed TIFF, a
+        pipeline with global steps (their statistics read every tile first), or a window of 0.
         """
-        if job.path is None or not self._can_window(job):
+        from ..worker.canvas import job_tiles
+
+        if not self._can_window(job):
             return None
+        spec = JobSpec("", [], (job.grid.cols, job.grid.rows), job.format, 1, True, True)
+        plan = Plan((job.info.size,), region=job.path is not None, stream=True)
+        tiles = job_tiles(spec, plan, job.pipeline.halo)
+        if job.path is None:  # a PNG: decoded here strip by strip, each tile's pixels sent
+            bones, pieces = png_skeleton(job.data), png_pieces(job.data, tiles, self.configured.max_pixels)
+            return None if bones is None or pieces is None else (bones, pieces, len(tiles))
         with job.path.open("rb") as handle:
 
             def read(offset: int, size: int) -> bytes:
@@ -339,7 +345,7 @@ class Client:
             length = os.fstat(handle.fileno()).st_size
             layout = tiff_layout(read, length)
             bones = skeleton(layout, read, length)
-        return None if bones is None else (layout, bones)
+        return None if bones is None else (bones, tiff_pieces(job.path, layout, tiles), len(tiles))
 
     def submit(
         self,

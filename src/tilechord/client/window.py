@@ -12,16 +12,19 @@ and :meth:`Job.save`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from ..errors import JobFailed, JobGone
+from ..imaging.raw import Data, pack_raw
 from ..imaging.tiffregion import TiffLayout
+from ..worker.stream import strip_tiles
 from ..worker.window import FEEDER_TTL, cell_piece
 
 if TYPE_CHECKING:
@@ -29,7 +32,43 @@ if TYPE_CHECKING:
     from ..worker.specs import TileSpec
     from ..worker.store import BlobStore
 
-__all__ = ["Window"]
+__all__ = ["Pieces", "Window", "png_pieces", "tiff_pieces"]
+
+#: Makes, in the window's thread, each tile's ``(index, piece)`` in the tiles' order.
+Pieces: TypeAlias = "Callable[[], Generator[tuple[int, bytes], None, None]]"
+
+
+def tiff_pieces(path: Path, layout: TiffLayout, tiles: list[TileSpec]) -> Pieces:
+    """A TIFF file's pieces: the segments each tile's cut touches, read from the file as sent."""
+
+    def make() -> Generator[tuple[int, bytes], None, None]:
+        with path.open("rb") as handle:
+            length = os.fstat(handle.fileno()).st_size
+            for tile in tiles:
+                read = functools.partial(_pread, handle.fileno())
+                yield tile.index, cell_piece(layout, read, length, tile.cut)
+
+    return make
+
+
+def _pread(fd: int, offset: int, size: int) -> bytes:
+    return os.pread(fd, size, offset)
+
+
+def png_pieces(data: Data, tiles: list[TileSpec], max_pixels: int) -> Pieces | None:
+    """A PNG's pieces: each tile's pixels, decoded strip by strip from the top; ``None`` if it
+    does not decode so (interlaced)."""
+    if strip_tiles(data, tiles, max_pixels) is None:
+        return None
+
+    def make() -> Generator[tuple[int, bytes], None, None]:
+        cut = strip_tiles(data, tiles, max_pixels)
+        assert cut is not None
+        for tile, image in cut:
+            yield tile.index, pack_raw(image)
+
+    return make
+
 
 #: Seconds between the drain's looks at the finished tiles.
 LOOK_EVERY = 0.05
@@ -38,17 +77,9 @@ LOOK_EVERY = 0.05
 class Window:
     """Feeds a windowed job's pieces from *path* and drains its edited tiles into a spool file."""
 
-    def __init__(
-        self,
-        store: BlobStore,
-        keys: JobKeys,
-        path: Path,
-        layout: TiffLayout,
-        tiles: list[TileSpec],
-        size: int,
-    ) -> None:
-        self._store, self._keys, self._path = store, keys, path
-        self._layout, self._tiles, self._size = layout, tiles, max(1, size)
+    def __init__(self, store: BlobStore, keys: JobKeys, pieces: Pieces, tiles: int, size: int) -> None:
+        self._store, self._keys = store, keys
+        self._pieces, self._tiles, self._size = pieces, tiles, max(1, size)
         self._spool = tempfile.TemporaryFile(prefix="tilechord-")  # noqa: SIM115 (closed by close())
         self._spans: dict[int, tuple[int, int]] = {}  # tile -> (offset, length) in the spool
         self._stop = threading.Event()
@@ -71,21 +102,20 @@ class Window:
 
     def _run(self) -> None:
         try:
-            with self._path.open("rb") as handle:
-                self._feed_and_drain(lambda offset, size: os.pread(handle.fileno(), size, offset))
+            with contextlib.closing(self._pieces()) as pieces:
+                self._feed_and_drain(pieces)
         except JobGone:
             pass  # cancelled, failed or expired: whoever waits hears why from the job itself
-        except BaseException as exc:  # Redis lost ...: the waiting call raises it
+        except BaseException as exc:  # Redis lost, the file gone ...: the waiting call raises it
             self._error = exc
 
-    def _feed_and_drain(self, read: Callable[[int, int], bytes]) -> None:
-        length = self._path.stat().st_size
-        count, sent = len(self._tiles), 0
-        while len(self._spans) < count and not self._stop.is_set():
+    def _feed_and_drain(self, pieces: Iterator[tuple[int, bytes]]) -> None:
+        sent = 0
+        while len(self._spans) < self._tiles and not self._stop.is_set():
             self._beat()
-            while sent < count and sent - len(self._spans) < self._size:
-                piece = cell_piece(self._layout, read, length, self._tiles[sent].cut)
-                self._store.put(self._keys, self._keys.tile(sent), piece)
+            while sent < self._tiles and sent - len(self._spans) < self._size:
+                tile, piece = next(pieces)
+                self._store.put(self._keys, self._keys.tile(tile), piece)
                 sent += 1
                 self.most_in_flight = max(self.most_in_flight, sent - len(self._spans))
             finished = sorted(self._store.finished_tiles(self._keys) - self._spans.keys())
@@ -109,8 +139,8 @@ class Window:
         self._thread.join(timeout)
         if self._error is not None:
             raise self._error
-        if self._thread.is_alive() or len(self._spans) < len(self._tiles):
-            got, count = len(self._spans), len(self._tiles)
+        if self._thread.is_alive() or len(self._spans) < self._tiles:
+            got, count = len(self._spans), self._tiles
             raise JobFailed(f"job {self._keys.job_id}: {got} of {count} edited tiles reached the client")
         self._spool.flush()
 

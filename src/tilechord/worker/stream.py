@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from PIL import Image
@@ -53,6 +53,7 @@ __all__ = [
     "read_piece",
     "region_layout",
     "stored_tiles",
+    "strip_tiles",
     "stream_grid",
     "streams_output",
 ]
@@ -127,12 +128,33 @@ def cut_by_strips(app: TilechordCelery, keys: JobKeys, source: Data, layout: lis
     halo), never the image.  ``False`` (nothing stored) for a source that does not
     decode strip by strip (:mod:`tilechord.imaging.strips`: not a PNG, or interlaced).
     """
+    cut = strip_tiles(source, layout, app.tilechord_settings.max_pixels)
+    if cut is None:
+        return False
+    for tile, piece in cut:
+        app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
+    return True
+
+
+def strip_tiles(
+    source: Data, layout: list[TileSpec], max_pixels: int
+) -> Iterator[tuple[TileSpec, Image.Image]] | None:
+    """Each tile's input, in the layout's order, as a PNG is decoded from the top.
+
+    ``None`` for a source that does not decode strip by strip (not a PNG, or interlaced).
+    """
     if not can_stream(source):
-        return False
+        return None
     try:
-        strips = iter_strips(source, STRIP_ROWS, app.tilechord_settings.max_pixels)
+        strips = iter_strips(source, STRIP_ROWS, max_pixels)
     except NotStreamable:
-        return False
+        return None
+    return _cut_strips(strips, layout)
+
+
+def _cut_strips(
+    strips: Iterator[Image.Image], layout: list[TileSpec]
+) -> Iterator[tuple[TileSpec, Image.Image]]:
     spans = sorted({(t.cut[1], t.cut[3]) for t in layout})
     bands: dict[tuple[int, int], Image.Image] = {}
     y = 0
@@ -143,12 +165,10 @@ def cut_by_strips(app: TilechordCelery, keys: JobKeys, source: Data, layout: lis
                 band = bands.get(span) or bands.setdefault(span, _band_like(strip, span))
                 band.paste(strip.crop((0, top - y, strip.width, bottom - y)), (0, top - span[0]))
         y += strip.height
-        for span in [s for s in bands if s[1] <= y]:  # a row of tiles complete: store its tiles
+        for span in [s for s in bands if s[1] <= y]:  # a row of tiles complete: its tiles
             band = bands.pop(span)
             for tile in (t for t in layout if (t.cut[1], t.cut[3]) == span):
-                piece = band.crop((tile.cut[0], 0, tile.cut[2], span[1] - span[0]))
-                app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
-    return True
+                yield tile, band.crop((tile.cut[0], 0, tile.cut[2], span[1] - span[0]))
 
 
 def _band_like(strip: Image.Image, span: tuple[int, int]) -> Image.Image:

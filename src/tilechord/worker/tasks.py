@@ -30,7 +30,7 @@ from celery.exceptions import Ignore, Reject
 from PIL import Image
 
 from ..errors import JobGone, RedisUnreachable, TilechordError
-from ..imaging.decode import decode, decode_frames, inspect_source
+from ..imaging.decode import decode, decode_frames, inspect_source, open_checked
 from ..imaging.raw import Data, is_raw, pack_raw, unpack_raw
 from ..ops import Histogram, Pipeline, add_histograms
 from .batch import run_batch
@@ -47,7 +47,7 @@ from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
 from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
-from .window import Waiting, read_windowed, source_reader
+from .window import Waiting, is_packed, read_windowed, source_reader
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -65,6 +65,8 @@ def split(self: Task, spec_json: dict[str, Any]) -> Any:
     with reported(app, keys, "split"):
         pipeline = Pipeline.from_json(spec.ops)  # in here: a worker without a plugin reports it
         plan: Plan | Image.Image | None = _region_plan(app, keys, spec, pipeline)  # the header only
+        if plan is None and spec.window:  # a PNG sent through a window: its header, no pixels
+            plan = _png_window_plan(app, keys, spec, pipeline)
         if plan is None:
             plan = _cut(app, keys, spec, pipeline, app.store.get_pixels(keys, keys.source))
         if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
@@ -231,7 +233,7 @@ def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: P
 
     ``None`` for anything else (and for a one-tile job, which runs whole in the split).
     """
-    if spec.frames != 1:
+    if spec.frames != 1 or (spec.window and not is_packed(app.store.get_pixels(keys, keys.source))):
         return None
     read, length = source_reader(app, keys, spec.window)
     layout = region_layout(read, length)
@@ -241,6 +243,14 @@ def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: P
     if tile_count(spec, sizes) == 1:
         return None
     plan = Plan(sizes, region=True, **_output(spec, pipeline, layout.mode))
+    app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+    return plan
+
+
+def _png_window_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline) -> Plan:
+    """The plan of a PNG the client sends tile by tile (:mod:`tilechord.worker.window`)."""
+    header = open_checked(app.store.get_pixels(keys, keys.source), app.tilechord_settings.max_pixels)
+    plan = Plan((header.size,), **_output(spec, pipeline, header.mode))
     app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return plan
 

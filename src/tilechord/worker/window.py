@@ -1,22 +1,25 @@
-"""A big TIFF sent as its tiles need it: Redis holds a window of the job, not the image.
+"""A big image sent as its tiles need it: Redis holds a window of the job, not the image.
 
-A job that streams both ways (a tiled or striped TIFF file in, a streamed TIFF out: see
-:mod:`tilechord.worker.stream`) keeps every process's memory bounded, but stored whole,
-its compressed source and its edited tiles would still fill Redis in proportion to the
-image.  So the client that holds the file sends it piece by piece:
+A job with a streamed TIFF out (see :mod:`tilechord.worker.stream`) keeps every
+worker's memory bounded, but stored whole, its source and its edited tiles would still
+fill Redis in proportion to the image.  So the client that holds the source sends it
+piece by piece:
 
-* the **skeleton** (``keys.source``): every byte of the file that is not tile or strip
-  data (header, IFDs, tag values), a few hundred KB even for gigapixels, from which the
-  split, each edit and the merge parse the layout and metadata as from the whole file;
-* one **piece** per job tile (``keys.tile(i)``): the bytes of the segments its region
-  (core and halo) touches, sent at most :attr:`~tilechord.config.Settings.window` tiles
-  ahead of the client's **drain**, which takes each edited tile out of Redis once it is
-  finished (into a spool file of its own) and deletes its piece.
+* the **skeleton** (``keys.source``): what the split and the merge open for the layout
+  and metadata.  Of a tiled or striped TIFF, every byte of the file that is not tile or
+  strip data (header, IFDs, tag values: a few hundred KB even for gigapixels), from which
+  each edit also parses the layout; of a PNG, its chunks before the image data;
+* one **piece** per job tile (``keys.tile(i)``): of a TIFF, the bytes of the segments the
+  tile's region (core and halo) touches (a segment a halo shares with a neighbour goes
+  in both pieces: a few per cent more bytes, and no piece waits for another tile's); of a
+  PNG, the tile's pixels, decoded by the client strip by strip from the top
+  (:func:`tilechord.worker.stream.strip_tiles`), as the split does without a window.
 
-So Redis holds at most ``window`` pieces and a few edited tiles of a job at once, whatever
-the image's size; edits start as soon as their piece is in, before the rest is sent.  A
-segment a halo shares with a neighbour is sent in both pieces: a few per cent more bytes,
-and no piece waits for another tile's.  The client side is :mod:`tilechord.client.window`.
+Pieces go at most :attr:`~tilechord.config.Settings.window` tiles ahead of the client's
+**drain**, which takes each edited tile out of Redis once it is finished (into a spool
+file of its own) and deletes its piece.  So Redis holds at most ``window`` pieces and a
+few edited tiles of a job at once, whatever the image's size, and edits start as soon as
+their piece is in, before the rest is read.  The client side is :mod:`tilechord.client.window`.
 
 An edit whose piece is not there yet waits a moment, then hands its message back (a retry
 with a countdown) rather than hold a pool process the window needs: a tile lost with its
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from ..errors import InvalidImage, JobGone
+from ..imaging.raw import Data, unpack_raw
 from ..imaging.regions import Box, read_region, region_ranges
 from ..imaging.tiffregion import ReadAt, TiffLayout, tiff_layout
 from .keys import CHUNK_BYTES, JobKeys
@@ -53,7 +57,9 @@ __all__ = [
     "RangeReader",
     "Waiting",
     "cell_piece",
+    "is_packed",
     "pack_ranges",
+    "png_skeleton",
     "read_windowed",
     "skeleton",
     "source_reader",
@@ -75,6 +81,11 @@ def pack_ranges(length: int, blocks: Iterable[tuple[int, bytes]]) -> bytes:
     items = sorted((offset, data) for offset, data in blocks if data)
     table = b"".join(_RANGE.pack(offset, len(data)) for offset, data in items)
     return _HEAD.pack(_MAGIC, length, len(items)) + table + b"".join(data for _, data in items)
+
+
+def is_packed(value: Data) -> bool:
+    """Whether *value* is a :func:`pack_ranges` value (a TIFF's skeleton, not a PNG's)."""
+    return bytes(memoryview(value)[:4]) == _MAGIC
 
 
 class RangeReader:
@@ -162,6 +173,9 @@ def _piece_state(app: TilechordCelery, keys: JobKeys, tile: int) -> str:
 def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image | None:
     """A windowed tile's input, once its piece is in; ``None`` if the tile is finished already.
 
+    A TIFF's tile decodes its region from the skeleton and its piece; a PNG's piece is the
+    tile's pixels, decoded by the client as it read the PNG from the top.
+
     Raises :class:`Waiting` after :data:`PIECE_WAIT` seconds without the piece, and
     :class:`~tilechord.errors.JobGone` once the job is gone.
     """
@@ -179,5 +193,29 @@ def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.
         if time.monotonic() >= give_up:
             raise Waiting(f"{tile.label}: its source is not sent yet")
         time.sleep(_LOOK_EVERY)
+    if not tile.region:  # a PNG's tile, decoded by the client: its raw pixels
+        return unpack_raw(store.get_pixels(keys, keys.tile(tile.index)))[0]
     reader = RangeReader(store.get_pixels(keys, keys.source), store.get_pixels(keys, keys.tile(tile.index)))
     return read_region(reader.read, tiff_layout(reader.read, reader.length), tile.cut)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_skeleton(data: Data) -> bytes | None:
+    """A PNG's bytes up to its first image data chunk: what Pillow's ``open`` reads.
+
+    The split and the merge open it for the size, mode and metadata (the chunks that
+    matter to a TIFF out, pHYs and iCCP, come before the image data); the pixels go as
+    each tile's piece, decoded by the client.  ``None`` if *data* is no PNG.
+    """
+    view = memoryview(data)
+    if bytes(view[:8]) != _PNG_SIGNATURE:
+        return None
+    at = 8
+    while at + 8 <= len(view):
+        length, kind = struct.unpack_from(">I4s", view, at)
+        if kind == b"IDAT":
+            return bytes(view[: at + 8])
+        at += 12 + length
+    return None
