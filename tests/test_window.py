@@ -10,7 +10,9 @@ tile; a client that dies mid-job has its job dropped; and nothing is left in Red
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from procs import wait_for
 from reference import reference
 from workers import PLUGINS, tilechord_keys, worker_env
 
-from tilechord import Client, ImageTooLarge, Settings
+from tilechord import Client, ImageTooLarge, InvalidImage, Settings
 from tilechord.local import EmbeddedRedis, WorkerPool
 from tilechord.worker.keys import JobKeys
 from tilechord.worker.window import FEEDER_TTL
@@ -173,7 +175,7 @@ def test_a_worker_machine_killed_mid_job_costs_a_lease_and_the_result_still_equa
 
 CLIENT = """
 import sys, time
-from tilechord import Client, ImageTooLarge, Settings
+from tilechord import Client, ImageTooLarge, InvalidImage, Settings
 client = Client(Settings(redis_url=sys.argv[1], window=1, job_timeout=300))
 job = client.submit(sys.argv[2], ["gaussian_blur:radius=4"])
 print(job.id, flush=True)
@@ -222,3 +224,30 @@ def test_a_file_over_the_byte_limit_goes_through_a_window_but_is_refused_where_i
                 assert not tilechord_keys(r), "refused before anything was stored"
     finally:
         small.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_source_deleted_once_submitted_still_gives_the_result_and_one_changed_gives_a_clear_error(
+    cluster: Cluster, big_tiff: tuple[Path, Image.Image], tmp_path: Path
+) -> None:
+    server, _, _ = cluster
+    one = Client(Settings(redis_url=server.url, job_timeout=180, window=1))
+    try:
+        copy = tmp_path / "copy.tif"
+        shutil.copyfile(big_tiff[0], copy)
+        job = one.submit(copy, OPS)
+        copy.unlink()  # opened when sent: the rest of it is still read
+        with (tmp_path / "out.tif").open("wb") as fh:
+            job.save(fh)
+        assert_equals(tmp_path / "out.tif", big_tiff[1])
+
+        shutil.copyfile(big_tiff[0], copy)
+        job = one.submit(copy, OPS)
+        with copy.open("ab") as fh:  # changed in place while its pieces go
+            fh.write(b"more")
+        with pytest.raises(InvalidImage, match="changed while it was being sent"):
+            job.save(io.BytesIO())
+        with redis.Redis.from_url(server.url) as r:
+            assert wait_for(lambda: not tilechord_keys(r), 10), tilechord_keys(r)
+    finally:
+        one.close()

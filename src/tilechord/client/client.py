@@ -8,7 +8,6 @@ local cluster (embedded Redis plus a worker pool) is started on first use.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
 from pathlib import Path
@@ -23,16 +22,14 @@ from ..imaging.decode import SourceInfo, count_frames, frame_count, inspect_sour
 from ..imaging.encode import check_format, check_frames
 from ..imaging.frames import FrameInfo, inspect_frames
 from ..imaging.raw import pack_raw, unpack_raw
-from ..imaging.tiffregion import tiff_layout
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
-from ..worker.specs import JobSpec, Plan
+from ..worker.specs import JobSpec
 from ..worker.stream import region_layout, stream_grid, streams_output
-from ..worker.window import png_skeleton, skeleton
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
 from .sources import Source, big_tiff, read_source, too_large
-from .window import Pieces, Window, png_pieces, tiff_pieces
+from .window import Window, can_window, plan_window
 
 if TYPE_CHECKING:
     from ..worker.app import TilechordCelery
@@ -229,7 +226,7 @@ class Client:
                 p = planned
                 prepared = Prepared(b"", p.pipeline, p.grid, p.info, p.format, p.frames, p.stream, data)
                 size, most = data.stat().st_size, self.configured.max_bytes
-                if size > most and not self._can_window(prepared):
+                if size > most and not can_window(prepared, self.configured):
                     why = (
                         "; a tiled or striped TIFF edited into a TIFF, with no global step, has no such limit"
                     )
@@ -270,13 +267,18 @@ class Client:
         p = self._plan(data, pipeline, grid, format, checked)
         return Prepared(data, p.pipeline, p.grid, p.info, p.format, p.frames, p.stream)
 
-    def start_prepared(self, job: Prepared, timeout: float | None) -> Job:
-        """Store a prepared job's source and send its split; its keys go again if sending fails."""
+    def start_prepared(self, job: Prepared, timeout: float | None, *, window: bool = False) -> Job:
+        """Store a prepared job's source and send its split; its keys go again if sending fails.
+
+        *window*: a big TIFF or PNG into a TIFF may be sent as its tiles need it
+        (:mod:`tilechord.worker.window`): only for :meth:`submit`, whose :class:`Job` waits for
+        it; the async face and :meth:`map` send every source whole.
+        """
         from ..worker.canvas import split_signature
 
         app = self.app
         keys = JobKeys(new_job_id())
-        sent = self._windowed(job)  # a big TIFF or PNG into a TIFF: sent as the tiles need it
+        sent = plan_window(job, self.configured) if window else None  # a big TIFF or PNG into a TIFF
         spec = JobSpec(
             keys.job_id, job.pipeline.to_json(), (job.grid.cols, job.grid.rows), job.format, job.frames,
             job.stream, sent is not None,
@@ -287,10 +289,9 @@ class Client:
             f"grid {job.grid}, [{job.pipeline}]"
         )
         limit = self.configured.job_timeout if timeout is None else timeout
-        window: Window | None = None
+        feeder: Window | None = None
         if sent is not None:  # only the skeleton now; the pieces from the window's thread
-            app.store.open_jobs([(keys, sent[0])])
-            window = Window(app.store, keys, sent[1], sent[2], self.configured.window)
+            feeder = sent.open(app.store, keys, self.configured.window)
         elif job.path is not None:  # a big file: sent in chunks as it is read, never held here
             if (size := job.path.stat().st_size) > self.configured.max_bytes:  # no window after all
                 raise too_large(job.path, size, self.configured.max_bytes)
@@ -304,48 +305,16 @@ class Client:
         else:
             app.store.open_jobs([(keys, job.data)])  # live mark and source in one round trip
         try:
-            if window is not None:
-                window.start()
+            if feeder is not None:
+                feeder.start()
             # Expires with the wait: a split nobody waits for any more is never run.
             split_signature(app, spec, describe).apply_async(expires=limit)
         except BaseException:
-            if window is not None:
-                window.close()
+            if feeder is not None:
+                feeder.close()
             app.store.cleanup(keys)
             raise
-        return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps), window)
-
-    def _can_window(self, job: Prepared) -> bool:
-        """Whether a job may go through a window: see :meth:`_windowed`."""
-        if not job.stream or job.pipeline.global_steps or self.configured.window < 1:
-            return False
-        return job.path is not None or png_skeleton(job.data) is not None
-
-    def _windowed(self, job: Prepared) -> tuple[bytes, Pieces, int] | None:
-        """A job to send through a window (:mod:`tilechord.worker.window`): skeleton, pieces, tiles.
-
-        ``None`` for any other: not a big TIFF file or a PNG edited into a streamed TIFF, a
-        pipeline with global steps (their statistics read every tile first), or a window of 0.
-        """
-        from ..worker.canvas import job_tiles
-
-        if not self._can_window(job):
-            return None
-        spec = JobSpec("", [], (job.grid.cols, job.grid.rows), job.format, 1, True, True)
-        plan = Plan((job.info.size,), region=job.path is not None, stream=True)
-        tiles = job_tiles(spec, plan, job.pipeline.halo)
-        if job.path is None:  # a PNG: decoded here strip by strip, each tile's pixels sent
-            bones, pieces = png_skeleton(job.data), png_pieces(job.data, tiles, self.configured.max_pixels)
-            return None if bones is None or pieces is None else (bones, pieces, len(tiles))
-        with job.path.open("rb") as handle:
-
-            def read(offset: int, size: int) -> bytes:
-                return os.pread(handle.fileno(), size, offset)
-
-            length = os.fstat(handle.fileno()).st_size
-            layout = tiff_layout(read, length)
-            bones = skeleton(layout, read, length)
-        return None if bones is None else (bones, tiff_pieces(job.path, layout, tiles), len(tiles))
+        return Job(app, keys, job.tiles, job.format, limit, len(job.pipeline.global_steps), feeder)
 
     def submit(
         self,
@@ -360,9 +329,9 @@ class Client:
         pipeline = parse_pipeline(ops)
         path = big_tiff(source)
         if path is not None:  # planned from its header, sent as it is read
-            return self.start_prepared(self._prepare_any(path, pipeline, grid, format), timeout)
+            return self.start_prepared(self._prepare_any(path, pipeline, grid, format), timeout, window=True)
         data = read_source(source, self.configured.max_bytes)
-        return self.start_prepared(self.prepare(data, pipeline, grid, format, None), timeout)
+        return self.start_prepared(self.prepare(data, pipeline, grid, format, None), timeout, window=True)
 
     def process(
         self,

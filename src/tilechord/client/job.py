@@ -167,6 +167,12 @@ class Job:
             self._error = exc
             self._cleanup()
             raise
+        except BaseException:
+            self._cleanup()
+            raise
+        finally:
+            if self._window is not None:
+                self._window.close()
         return self.settle(message, data if streamed is None else streamed)
 
     def assembled(self, message: dict[str, Any]) -> bytes | None:
@@ -232,6 +238,8 @@ class Job:
                 if remaining <= 0:
                     raise self.timeout_error(limit)
                 message = store.wait(self.keys, min(POLL, remaining))
+                if self._window is not None:
+                    self._window.check()  # what stopped its sending or draining
                 if message is None:
                     message = self.poll_failure()
                 if on_progress is not None:

@@ -5,12 +5,11 @@ A value over 64 MB (``CHUNK_BYTES``) is stored as chunks under keys of its own
 indexed for cleanup like a tile.
 
 Every write carries a TTL, so a job's data expires even if every process dies.  Keys
-with fixed names (source, plan, result ... see :attr:`JobKeys.fixed`) are deleted by
-name; a tile's key is recorded in the job's index set, so cleanup is one SMEMBERS and
-one DEL whatever the grid.  A write also
-checks, in the same MULTI, that the job is still live; if the client has already given
-up and cleaned up, the writer takes its write back.  Either the write lands before the
-cleanup (which then deletes it) or after (and is undone): nothing is left behind.
+with fixed names (:attr:`JobKeys.fixed`) are deleted by name; a tile's key is recorded in
+the job's index set, so cleanup is one SMEMBERS and one DEL whatever the grid.  A write
+also checks, in the same MULTI, that the job is still live; if the client has already
+given up and cleaned up, the writer takes its write back.  Either the write lands before
+the cleanup (which then deletes it) or after (and is undone): nothing is left behind.
 """
 
 from __future__ import annotations
@@ -262,23 +261,19 @@ class BlobStore:
 
         Each chunk is one guarded write; the value reads as absent until its last.
         """
-        gone = f"job {keys.job_id} was cancelled or expired; dropped {key}"
-
-        def guard(queue: Callable[[Pipeline], list[str]]) -> None:
-            self._guarded(keys, lambda pipe: self._indexed(pipe, keys, queue(pipe)), (keys.index,), gone)
-
         with self._errors():
-            chunks.put_stream(self.client, key, parts, self.ttl, guard)
+            chunks.put_stream(self.client, key, parts, self.ttl, self._chunk_guard(keys, key))
 
     def put_file(self, keys: JobKeys, key: str, file: Any) -> None:
         """:meth:`put_stream` of a binary file, read into one chunk-sized buffer (a big source)."""
-        gone = f"job {keys.job_id} was cancelled or expired; dropped {key}"
-
-        def guard(queue: Callable[[Pipeline], list[str]]) -> None:
-            self._guarded(keys, lambda pipe: self._indexed(pipe, keys, queue(pipe)), (keys.index,), gone)
-
         with self._errors():
-            chunks.put_file(self.client, key, file, self.ttl, guard)
+            chunks.put_file(self.client, key, file, self.ttl, self._chunk_guard(keys, key))
+
+    def _chunk_guard(self, keys: JobKeys, key: str) -> Callable[[Callable[[Pipeline], list[str]]], None]:
+        gone = f"job {keys.job_id} was cancelled or expired; dropped {key}"
+        return lambda queue: self._guarded(
+            keys, lambda pipe: self._indexed(pipe, keys, queue(pipe)), (keys.index,), gone
+        )
 
     def get(self, keys: JobKeys, key: str) -> bytes:
         """A value as bytes: for small ones (a plan, a statistic); a chunked one costs a copy."""
@@ -387,8 +382,14 @@ class BlobStore:
 
     def finished_tiles(self, keys: JobKeys) -> set[int]:
         """The tiles edited so far (each once, however often it ran)."""
+        return self.watch(keys)[0]
+
+    def watch(self, keys: JobKeys) -> tuple[set[int], bool]:
+        """:meth:`finished_tiles`, and whether the job is over (gone, or its end message sent)."""
         with self._errors():
-            return {int(item) for item in self.client.smembers(keys.finished)}
+            pipe = self.client.pipeline(transaction=False)
+            finished, live, ended = pipe.smembers(keys.finished).exists(keys.live).llen(keys.done).execute()  # type: ignore[attr-defined]
+        return {int(item) for item in finished}, not live or ended > 0
 
     def drop(self, keys: JobKeys, *names: str) -> None:
         """Delete values of the job (their chunks too) that are no longer needed."""
@@ -403,10 +404,8 @@ class BlobStore:
 
     def tiles_done_many(self, jobs: list[JobKeys]) -> list[int]:
         """:meth:`tiles_done` of several jobs in one round trip."""
-        if not jobs:
-            return []
         with self._errors():
-            return [int(v or 0) for v in self.client.mget([keys.progress for keys in jobs])]
+            return [int(v or 0) for v in self.client.mget([keys.progress for keys in jobs])] if jobs else []
 
     def finish(self, keys: JobKeys, result: chunks.Data, count_tile: bool = False) -> None:
         """Store a live job's result and tell its client, in one transaction.

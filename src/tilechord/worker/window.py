@@ -9,11 +9,14 @@ piece by piece:
   and metadata.  Of a tiled or striped TIFF, every byte of the file that is not tile or
   strip data (header, IFDs, tag values: a few hundred KB even for gigapixels), from which
   each edit also parses the layout; of a PNG, its chunks before the image data;
-* one **piece** per job tile (``keys.tile(i)``): of a TIFF, the bytes of the segments the
-  tile's region (core and halo) touches (a segment a halo shares with a neighbour goes
-  in both pieces: a few per cent more bytes, and no piece waits for another tile's); of a
-  PNG, the tile's pixels, decoded by the client strip by strip from the top
+* one **piece** per job tile (``keys.tile(i)``): of a tiled TIFF, the bytes of the TIFF
+  tiles the job tile's region (core and halo) touches: the ring of TIFF tiles a halo
+  reaches into goes in two pieces (with 512-pixel TIFF tiles and 3072-pixel job tiles,
+  about 1.8 times the file is sent in all), so that no piece waits for another tile's;
+  of a PNG, the tile's pixels, decoded by the client strip by strip from the top
   (:func:`tilechord.worker.stream.strip_tiles`), as the split does without a window.
+  A striped TIFF has no window: its strips span the image's width, so every job tile of
+  a row would carry the whole row's strips; it is sent whole, as before.
 
 Pieces go at most :attr:`~tilechord.config.Settings.window` tiles ahead of the client's
 **drain**, which takes each edited tile out of Redis once it is finished (into a spool
@@ -115,17 +118,28 @@ class RangeReader:
         self._blocks = blocks
 
     def read(self, offset: int, size: int) -> bytes:
-        """Bytes ``[offset, offset + size)``, clipped to the file's length."""
+        """Bytes ``[offset, offset + size)``, clipped to the file's length (for a header parse)."""
+        return self._read(offset, size)[0]
+
+    def strict(self, offset: int, size: int) -> bytes:
+        """:meth:`read` for pixels: :class:`InvalidImage` if any byte asked for was not sent."""
+        data, covered = self._read(offset, size)
+        if covered != len(data):
+            raise InvalidImage(f"a windowed tile's piece lacks bytes {offset}..{offset + size} of its source")
+        return data
+
+    def _read(self, offset: int, size: int) -> tuple[bytes, int]:
         size = max(0, min(size, self.length - offset))
-        out = bytearray(size)
+        out, covered = bytearray(size), 0
         n = max(0, bisect.bisect_right(self._starts, offset) - 1)
         while n < len(self._blocks) and self._blocks[n][0] < offset + size:
             start, data = self._blocks[n]
             lo, hi = max(start, offset), min(start + len(data), offset + size)
             if lo < hi:
                 out[lo - offset : hi - offset] = data[lo - start : hi - start]
+                covered += hi - lo
             n += 1
-        return bytes(out)
+        return bytes(out), covered
 
 
 def source_reader(app: TilechordCelery, keys: JobKeys, window: bool) -> tuple[ReadAt, int]:
@@ -154,7 +168,15 @@ def skeleton(layout: TiffLayout, read: ReadAt, length: int) -> bytes | None:
 
 def cell_piece(layout: TiffLayout, read: ReadAt, length: int, cut: Box) -> bytes:
     """The segments a tile's cut box touches, packed: all its edit reads besides the skeleton."""
-    return pack_ranges(length, ((offset, read(offset, size)) for offset, size in region_ranges(layout, cut)))
+    blocks = []
+    for offset, size in region_ranges(layout, cut):
+        data = read(offset, size)
+        if len(data) != size:  # the file was cut short since it was planned
+            raise InvalidImage(
+                f"the TIFF source gave {len(data)} bytes at {offset}, not {size}: did it change?"
+            )
+        blocks.append((offset, data))
+    return pack_ranges(length, blocks)
 
 
 class Waiting(Exception):
@@ -193,10 +215,16 @@ def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.
         if time.monotonic() >= give_up:
             raise Waiting(f"{tile.label}: its source is not sent yet")
         time.sleep(_LOOK_EVERY)
+    try:
+        piece = store.get_pixels(keys, keys.tile(tile.index))
+    except JobGone:  # drained and dropped since it was seen: finished by another run of it
+        if _piece_state(app, keys, tile.index) == "finished":
+            return None
+        raise
     if not tile.region:  # a PNG's tile, decoded by the client: its raw pixels
-        return unpack_raw(store.get_pixels(keys, keys.tile(tile.index)))[0]
-    reader = RangeReader(store.get_pixels(keys, keys.source), store.get_pixels(keys, keys.tile(tile.index)))
-    return read_region(reader.read, tiff_layout(reader.read, reader.length), tile.cut)
+        return unpack_raw(piece)[0]
+    reader = RangeReader(store.get_pixels(keys, keys.source), piece)
+    return read_region(reader.strict, tiff_layout(reader.read, reader.length), tile.cut)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
