@@ -145,10 +145,10 @@ class Settings:
     max_stream_pixels: int = 10_000_000_000
     max_bytes: int = 512 * 1024 * 1024
     max_tiles: int = 256
-    #: The most tiles of one streamed big-TIFF job in Redis at once (sent and not yet taken
-    #: back by the client; see :mod:`tilechord.worker.window`): what bounds Redis's memory
-    #: whatever the image's size.  Each is at most 48 MB raw.  Enough for this many worker
-    #: processes to be busy; 0 sends the whole file first instead.
+    #: The most tiles of one windowed job (a tiled TIFF or a PNG into a streamed TIFF) in
+    #: Redis at once, sent and not yet taken back by the client (:mod:`tilechord.worker.window`):
+    #: what bounds Redis's memory whatever the image's size, each about one 48 MB tile's
+    #: bytes at most.  Enough for this many worker processes to be busy; 0: no window.
     window: int = 8
     max_side: int = 1024  # a grid may have at most this many columns or rows
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
