@@ -12,14 +12,25 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from PIL import Image
 
 from ..errors import InvalidImage
 
-__all__ = ["RAW_MAGIC", "Data", "is_raw", "pack_raw", "unpack_raw", "join_strips"]
+__all__ = [
+    "RAW_MAGIC",
+    "Data",
+    "RawLayout",
+    "is_raw",
+    "join_strips",
+    "pack_raw",
+    "RAW_HEAD",
+    "raw_layout",
+    "unpack_raw",
+]
 
 RAW_MAGIC = b"TCRAW1\n"
 #: What the decoders take: bytes, or a view of a buffer read straight from Redis.
@@ -87,6 +98,37 @@ def _image_from(header: Mapping[str, Any], pixels: Data) -> Image.Image:
     if "transparency" in header:
         image.info["transparency"] = _from_json_safe(header["transparency"])
     return image
+
+
+@dataclass(frozen=True)
+class RawLayout:
+    """Where a raw blob's rows are: enough to read any box of it by byte ranges."""
+
+    header: dict[str, Any]
+    start: int  # where the pixels start
+    stride: int  # bytes of one row
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.header["size"][0]), int(self.header["size"][1])
+
+    def crop(self, read: Callable[[int, int], bytes], box: tuple[int, int, int, int]) -> Image.Image:
+        """``unpack_raw(blob)[0].crop(box)``, reading only the rows of *box* (*box* inside the image)."""
+        left, upper, right, lower = box
+        rows = read(self.start + upper * self.stride, (lower - upper) * self.stride)
+        band = _image_from({**self.header, "size": [self.size[0], lower - upper]}, rows)
+        return band.crop((left, 0, right, lower - upper))
+
+
+def raw_layout(head: Data) -> RawLayout:
+    """The layout of a raw blob from its first bytes (:data:`RAW_HEAD` of them hold any header)."""
+    header, start = _raw_header(head)
+    width = int(header["size"][0])
+    return RawLayout(header, start, len(Image.new(header["mode"], (width, 1)).tobytes()))
+
+
+#: Bytes from a raw blob's start that hold its header (a palette is the longest part: 1 KB).
+RAW_HEAD = 64 * 1024
 
 
 def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:

@@ -30,7 +30,7 @@ from PIL import Image
 from ..errors import TilechordError
 from ..imaging import Grid
 from ..imaging.geometry import aligned_edges
-from ..imaging.raw import Data, pack_raw
+from ..imaging.raw import RAW_HEAD, Data, is_raw, pack_raw, raw_layout
 from ..imaging.regions import ReadAt, TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
 from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
@@ -181,8 +181,12 @@ def _band_like(strip: Image.Image, span: tuple[int, int]) -> Image.Image:
 
 
 def read_piece(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.Image:
-    """A tile's input, its cut box, read from the TIFF source by region."""
+    """A tile's input, its cut box, read from the source by region: a TIFF's segments, or
+    a raw source's rows (``process_image``), by byte ranges of the stored value."""
     read, length = app.store.reader(keys, keys.source)
+    head = read(0, min(RAW_HEAD, length))
+    if is_raw(head):
+        return raw_layout(head).crop(read, tile.cut)
     return read_region(read, tiff_layout(read, length), tile.cut)
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..errors import JobGone, RedisUnreachable, TilechordError
 from ..imaging.decode import decode, decode_frames, inspect_source, open_checked
-from ..imaging.raw import Data, is_raw, pack_raw, unpack_raw
+from ..imaging.raw import RAW_HEAD, Data, is_raw, pack_raw, raw_layout, unpack_raw
 from ..ops import Histogram, Pipeline, add_histograms
 from .batch import run_batch
 from .canvas import (
@@ -229,20 +229,28 @@ def _output(spec: JobSpec, pipeline: Pipeline, mode: str) -> dict[str, Any]:
 
 
 def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: Pipeline) -> Plan | None:
-    """The plan of a single-frame TIFF whose tiles read their own regions, from its header alone.
+    """The plan of a source whose tiles read their own regions, from its header alone: a
+    single-frame TIFF, or a raw image (``process_image``), whose tiles read their rows.
 
     ``None`` for anything else (and for a one-tile job, which runs whole in the split).
     """
     if spec.frames != 1 or (spec.window and not is_packed(app.store.get_pixels(keys, keys.source))):
         return None
     read, length = source_reader(app, keys, spec.window)
-    layout = region_layout(read, length)
-    if layout is None:
-        return None
-    sizes = ((layout.width, layout.height),)
+    head = read(0, min(RAW_HEAD, length))
+    if is_raw(head):  # process_image: each tile reads its rows of the stored pixels
+        raw = raw_layout(head)
+        sizes, mode, raw_source = (raw.size,), str(raw.header["mode"]), True
+        if raw.size[0] * raw.size[1] > app.tilechord_settings.max_pixels:
+            return None  # the whole-image path refuses it, as it always did
+    else:
+        layout = region_layout(read, length)
+        if layout is None:
+            return None
+        sizes, mode, raw_source = ((layout.width, layout.height),), layout.mode, False
     if tile_count(spec, sizes) == 1:
         return None
-    plan = Plan(sizes, region=True, **_output(spec, pipeline, layout.mode))
+    plan = Plan(sizes, region=True, raw=raw_source, **_output(spec, pipeline, mode))
     app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return plan
 
