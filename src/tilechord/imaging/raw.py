@@ -137,29 +137,53 @@ def unpack_raw(data: Data) -> tuple[Image.Image, dict[str, Any]]:
     return _image_from(header, memoryview(data)[offset:]), dict(header.get("extra") or {})
 
 
-def join_strips(blobs: list[Data], size: tuple[int, int]) -> Image.Image | None:
-    """Full-width strips, top to bottom, as one image: their pixels end to end, no canvas.
+class StripJoiner:
+    """Full-width strips, added top to bottom, as one image: each strip's pixels copied into
+    one buffer of the whole image's size as it comes, so the strips are read one at a time.
 
-    Raw pixels are stored row after row, so strips that span the width and follow each
-    other down the image are the whole image's bytes once put one after the other: one
-    copy, where a canvas costs a fill, a decode per strip and a paste.  ``None`` when the
-    pieces are not such strips (columns, a grid, different modes or palettes); each
-    blob's ``extra`` must hold its ``box`` on the output.
+    Raw pixels are stored row after row, so strips that span the width and follow each other
+    down the image are the whole image's bytes once put one after the other: one copy, where
+    a canvas costs a fill, a decode per strip and a paste.  :meth:`add` refuses a strip that
+    does not continue the image (not full width, not next, another mode or palette), and
+    the caller pastes instead; each blob's ``extra`` must hold its ``box`` on the output.
     """
-    parts = [_raw_header(blob) for blob in blobs]
-    first = {k: v for k, v in parts[0][0].items() if k not in ("size", "extra")}
-    order = sorted(range(len(parts)), key=lambda i: int(parts[i][0]["extra"]["box"][1]))
-    y = 0
-    for i in order:
-        header = parts[i][0]
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+        self._first: dict[str, Any] | None = None
+        self._pixels = bytearray()
+        self._stride = 0
+        self._y = 0
+
+    def add(self, blob: Data) -> bool:
+        """Append the next strip; ``False`` (nothing added) if it does not continue the image."""
+        header, start = _raw_header(blob)
+        meta = {k: v for k, v in header.items() if k not in ("size", "extra")}
         x0, y0 = header["extra"]["box"][:2]
         width, height = header["size"]
-        if (x0, y0, width) != (0, y, size[0]) or {
-            k: v for k, v in header.items() if k not in ("size", "extra")
-        } != first:
+        if self._first is None:
+            self._first = meta
+            self._stride = len(Image.new(meta["mode"], (self.size[0], 1)).tobytes())
+            self._pixels = bytearray(self._stride * self.size[1])
+        pixels = memoryview(blob)[start:]
+        if (x0, y0, width) != (0, self._y, self.size[0]) or meta != self._first:
+            return False
+        if self._y + height > self.size[1] or len(pixels) != self._stride * height:
+            return False
+        self._pixels[self._y * self._stride : (self._y + height) * self._stride] = pixels
+        self._y += height
+        return True
+
+    def image(self) -> Image.Image | None:
+        """The joined image, or ``None`` if the strips added do not reach its bottom."""
+        if self._first is None or self._y != self.size[1]:
             return None
-        y += height
-    if y != size[1]:
-        return None
-    joined = b"".join(memoryview(blobs[i])[parts[i][1] :] for i in order)
-    return _image_from({**first, "size": list(size)}, joined)
+        return _image_from({**self._first, "size": list(self.size)}, self._pixels)
+
+
+def join_strips(blobs: list[Data], size: tuple[int, int]) -> Image.Image | None:
+    """Full-width strips in any order joined into the whole image (see :class:`StripJoiner`);
+    ``None`` when the pieces are not such strips (columns, a grid, different modes or palettes)."""
+    joiner = StripJoiner(size)
+    order = sorted(blobs, key=lambda blob: int(_raw_header(blob)[0]["extra"]["box"][1]))
+    return joiner.image() if all(joiner.add(blob) for blob in order) else None

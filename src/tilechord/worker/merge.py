@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..imaging.decode import Timing, open_checked, open_file
 from ..imaging.encode import encode_frames
-from ..imaging.raw import Data, join_strips, unpack_raw
+from ..imaging.raw import StripJoiner, unpack_raw
 from ..imaging.regions import ReadAtFile
 from ..ops import Pipeline
 from .canvas import job_tiles
@@ -58,9 +58,7 @@ def merge_frames(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan)
     """What ``tilechord.merge`` does: join or paste the edited tiles, then :func:`finish`."""
     pipeline = Pipeline.from_json(spec.ops)
     layout = job_tiles(spec, plan, pipeline.halo)
-    frames, read = _strips(app, keys, pipeline, layout)
-    if not frames:
-        frames = _pasted(app, keys, pipeline, layout, plan, read)
+    frames = _strips(app, keys, pipeline, layout) or _pasted(app, keys, pipeline, layout, plan)
     return finish(app, keys, spec, frames, plan.timing, source_header(app, keys, plan))
 
 
@@ -84,32 +82,30 @@ def source_header(
 
 def _strips(
     app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, layout: list[TileSpec]
-) -> tuple[list[Image.Image], list[Data]]:
+) -> list[Image.Image]:
     """A single frame cut in full-width strips (what ``grid="auto"`` gives): joined, not pasted.
 
-    Returns the frame (none if the edited tiles are no such strips) and the tiles it read.
+    The strips are read one at a time, top to bottom, each copied into the one buffer of
+    the output (:class:`~tilechord.imaging.raw.StripJoiner`): the output once and one tile
+    are the most held.  None if the edited tiles are no such strips.
     """
     if len(layout) < 2 or any(tile.frame or tile.box[0] for tile in layout):
-        return [], []
-    size = pipeline.output_size(layout[0].size)
-    blobs: list[Data] = [app.store.get_pixels(keys, keys.edited(tile.index)) for tile in layout]
-    joined = join_strips(blobs, size)
-    return ([], blobs) if joined is None else ([joined], blobs)
+        return []
+    joiner = StripJoiner(pipeline.output_size(layout[0].size))
+    for tile in sorted(layout, key=lambda t: t.box[1]):
+        if not joiner.add(app.store.get_pixels(keys, keys.edited(tile.index))):
+            return []
+    joined = joiner.image()
+    return [] if joined is None else [joined]
 
 
 def _pasted(
-    app: TilechordCelery,
-    keys: JobKeys,
-    pipeline: Pipeline,
-    layout: list[TileSpec],
-    plan: Plan,
-    read: list[Data],
+    app: TilechordCelery, keys: JobKeys, pipeline: Pipeline, layout: list[TileSpec], plan: Plan
 ) -> list[Image.Image]:
-    """Each frame's edited tiles pasted onto a canvas of the output's size (*read*: already read)."""
+    """Each frame's edited tiles pasted onto a canvas of the output's size, read one at a time."""
     canvases: list[Image.Image | None] = [None] * plan.frames
-    for n, tile in enumerate(layout):
-        blob = read[n] if read else app.store.get_pixels(keys, keys.edited(tile.index))
-        piece, extra = unpack_raw(blob)
+    for tile in layout:
+        piece, extra = unpack_raw(app.store.get_pixels(keys, keys.edited(tile.index)))
         canvas = canvases[tile.frame]
         if canvas is None:
             canvas = canvases[tile.frame] = _blank_like(piece, pipeline.output_size(tile.size))
