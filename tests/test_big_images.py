@@ -286,7 +286,7 @@ def _write_source(kind: str, path: Path) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("source", "fmt"),
-    [("tiled.tif", "TIFF"), ("striped.tif", "PNG"), ("in.png", "TIFF"), ("in.jpg", "PNG")],
+    [(source, fmt) for source in ("tiled.tif", "striped.tif", "in.png", "in.jpg") for fmt in ("TIFF", "PNG")],
 )
 def test_a_200_mp_image_equals_pillow_on_the_whole_image_and_no_redis_value_passes_64_mb(
     tmp_path: Path,

@@ -121,6 +121,8 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
         core = encode_core(out) if tile.stream else pack_raw(out, {"box": list(dest)})
         app.store.put(keys, keys.edited(tile.index), core)
         app.store.tile_done(keys, tile.index)
+        if not (tile.window or tile.region or tile.decode):  # its input, stored by the split:
+            app.store.drop(keys, keys.tile(tile.index))  # no later task reads it (a re-run finds it gone)
     return {"tile": tile.index, "box": list(dest)}
 
 
