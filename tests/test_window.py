@@ -251,3 +251,63 @@ def test_a_source_deleted_once_submitted_still_gives_the_result_and_one_changed_
             assert wait_for(lambda: not tilechord_keys(r), 10), tilechord_keys(r)
     finally:
         one.close()
+
+
+class KeyEvents:
+    """The order of Redis's keyspace events on ``tilechord:*`` keys: (key, event)."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self.events: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._saved = str(self.redis.config_get("notify-keyspace-events")["notify-keyspace-events"])
+        self.redis.config_set("notify-keyspace-events", "K$lg")
+        self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub.psubscribe("__keyspace@*__:tilechord:*")
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                key = message["channel"].decode().split(":", 1)[1]  # tilechord:<job>:<kind>[:...]
+                self.events.append((key, message["data"].decode()))
+
+    def of(self, kind: str, event: str) -> list[tuple[int, str]]:
+        """(position, key) of each *event* on a key of *kind* (``tile``, ``runs`` ...), chunks aside."""
+        return [
+            (n, key)
+            for n, (key, seen) in enumerate(self.events)
+            if seen == event and key.split(":")[2:3] == [kind] and ":chunk:" not in key
+        ]
+
+    def close(self) -> None:
+        time.sleep(0.3)
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self.redis.config_set("notify-keyspace-events", self._saved)
+        self.redis.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_pngs_edits_start_while_its_split_still_decodes_and_the_result_equals_pillow(
+    cluster: Cluster, big_png: tuple[Path, Image.Image], tmp_path: Path
+) -> None:
+    server, _, client = cluster
+    events = KeyEvents(server.url)
+    try:
+        result = client.process(big_png[0], OPS, format="PNG", grid=(3, 3))  # no window: a PNG out
+    finally:
+        events.close()
+    with Image.open(io.BytesIO(result)) as got:
+        assert np.array_equal(np.asarray(got), np.asarray(big_png[1]))
+    stored, started = events.of("tile", "set"), events.of("runs", "rpush")
+    assert len({key for _, key in stored}) == len(stored) == 9, stored  # each tile stored once, by the split
+    assert started and started[0][0] < stored[-1][0], "an edit started before the split stored the last tile"
+    merged = events.of("result", "set")[0][0]  # the merge's result, before the client's cleanup
+    dropped = {key for n, key in events.of("tile", "del") if n < merged}
+    assert dropped == {key for _, key in stored}, "each edit dropped its input before the merge"
+    with redis.Redis.from_url(server.url) as r:
+        assert not tilechord_keys(r)

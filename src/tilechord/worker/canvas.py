@@ -81,7 +81,9 @@ def job_tiles(spec: JobSpec, plan: Plan, halo: int) -> list[TileSpec]:
         for tile in tiles(width, height, grid, halo, align):
             label = tile.describe() if frames == 1 else f"frame {frame + 1}/{frames}, {tile.describe()}"
             where = (frame, tile.cut, tile.box, (width, height), label)
-            out.append(TileSpec(len(out), *where, plan.decode, plan.region, spec.stream, spec.window))
+            out.append(
+                TileSpec(len(out), *where, plan.decode, plan.region, spec.stream, spec.window or plan.fed)
+            )
     return out
 
 

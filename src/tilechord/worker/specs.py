@@ -97,7 +97,7 @@ class TileSpec:
     decode: bool = False  # True: the tile decodes the source itself (a small JPEG grid)
     region: bool = False  # True: the tile reads its cut box from the TIFF source by region
     stream: bool = False  # True: the edited core is stored as compressed TIFF tiles
-    window: bool = False  # True: its source bytes come as a piece of their own (worker.window)
+    window: bool = False  # True: its input may come after it starts: wait for it (worker.window)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -141,6 +141,7 @@ class Plan:
     region: bool = False  # each tile reads its region of the TIFF source (no raw tiles stored)
     stream: bool = False  # the output TIFF is written as the tiles come, from aligned tiles
     mode: str | None = None  # the output's mode, for a streamed output's writer
+    fed: bool = False  # the split sends the chord first, then stores tiles as it decodes them
 
     @property
     def frames(self) -> int:
@@ -152,7 +153,7 @@ class Plan:
             out["decode"] = True
         else:
             out["raw"] = self.raw
-        for name in ("region", "stream"):
+        for name in ("region", "stream", "fed"):
             if getattr(self, name):
                 out[name] = True
         if self.mode is not None:
@@ -169,4 +170,5 @@ class Plan:
             region=bool(data.get("region", False)),
             stream=bool(data.get("stream", False)),
             mode=data.get("mode"),
+            fed=bool(data.get("fed", False)),
         )

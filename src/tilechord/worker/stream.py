@@ -1,11 +1,16 @@
 """Jobs too big for one process: tiles read by region, a TIFF written as the tiles come.
 
-Two paths, each taken only where it gives exactly what the whole-image path gives:
+Paths, each taken only where it gives exactly what the whole-image path gives:
 
 * **Region input.**  A single-frame tiled or striped TIFF (what big images come in) is
   not decoded by the split: it reads the header, and each tile's task reads only the
   TIFF tiles or strips its region touches, from the chunked source in Redis
-  (:mod:`tilechord.imaging.regions`, proven equal to Pillow's decode per compression).
+  (:mod:`tilechord.imaging.regions`, proven equal to Pillow's decode per compression);
+  a raw source (``process_image``) likewise, each tile reading its rows.
+* **Strip input.**  A PNG is decoded from the top, strip by strip
+  (:func:`strip_tiles`), each row of tiles given out as soon as its rows are in: by the
+  split, after it has sent the chord (the edits wait for their tiles), or by the client
+  of a windowed job (:mod:`tilechord.worker.window`).
 * **Streamed output.**  A TIFF output of more than :data:`STREAM_ABOVE` pixels, from a
   pipeline that keeps the image's size, is cut into job tiles aligned to the output's
   512 x 512 TIFF tiles and no larger than :data:`CELL_BYTES`.  Each ``edit`` stores its
@@ -14,7 +19,7 @@ Two paths, each taken only where it gives exactly what the whole-image path give
   tifffile's writer, straight into the output file: a tiled BigTIFF.  No process holds
   the image, and Redis holds the output once (as the tiles), never a second copy.
 
-A job with both (:func:`streams`) has no process whose memory grows with the image, so
+A job with a TIFF in and a streamed TIFF out has no process whose memory grows with the image, so
 its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``.
 """
 
@@ -30,7 +35,7 @@ from PIL import Image
 from ..errors import TilechordError
 from ..imaging import Grid
 from ..imaging.geometry import aligned_edges
-from ..imaging.raw import RAW_HEAD, Data, is_raw, pack_raw, raw_layout
+from ..imaging.raw import RAW_HEAD, Data, is_raw, raw_layout
 from ..imaging.regions import ReadAt, TiffLayout, read_region, tiff_layout
 from ..imaging.strips import NotStreamable, can_stream, iter_strips
 from ..imaging.tiffout import TILE, band_segments, encode_tiles, pack_segments, supported, write_tiled
@@ -46,7 +51,6 @@ __all__ = [
     "CELL_BYTES",
     "STREAM_ABOVE",
     "assemble",
-    "cut_by_strips",
     "encode_core",
     "is_tiff",
     "merge_stream",
@@ -117,23 +121,8 @@ def region_layout(read: Callable[[int, int], bytes], length: int) -> TiffLayout 
     return layout if layout.segment_bytes <= _SEGMENT_BYTES else None
 
 
-#: Rows of a PNG the split decodes at a time, when it cuts tiles as it decodes.
+#: Rows of a PNG decoded at a time, when its tiles are cut as it is decoded.
 STRIP_ROWS = 256
-
-
-def cut_by_strips(app: TilechordCelery, keys: JobKeys, source: Data, layout: list[TileSpec]) -> bool:
-    """Store each tile's input as a PNG is decoded from the top, one row of tiles at a time.
-
-    The split then holds at most two rows of tiles (a row and the next, which share the
-    halo), never the image.  ``False`` (nothing stored) for a source that does not
-    decode strip by strip (:mod:`tilechord.imaging.strips`: not a PNG, or interlaced).
-    """
-    cut = strip_tiles(source, layout, app.tilechord_settings.max_pixels)
-    if cut is None:
-        return False
-    for tile, piece in cut:
-        app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
-    return True
 
 
 def strip_tiles(

@@ -46,8 +46,8 @@ from .keys import JobKeys
 from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
-from .stream import cut_by_strips, encode_core, merge_stream, read_piece, region_layout
-from .window import Waiting, is_packed, read_windowed, source_reader
+from .stream import encode_core, merge_stream, read_piece, region_layout, strip_tiles
+from .window import FEEDER_TTL, Waiting, is_packed, read_windowed, source_reader
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -71,7 +71,8 @@ def split(self: Task, spec_json: dict[str, Any]) -> Any:
             plan = _cut(app, keys, spec, pipeline, app.store.get_pixels(keys, keys.source))
         if isinstance(plan, Image.Image):  # one tile in all: the whole image, here, no chord
             return finish(app, keys, spec, [pipeline.apply(plan)], {}, plan, count_tile=True)
-        next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)  # the split's result stays short
+        if not plan.fed:  # (a fed plan's chord went out before its tiles)
+            next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)  # the split's result stays short
     return _summary(spec, plan, pipeline)
 
 
@@ -79,11 +80,13 @@ def stats(self: Task, job: str, ops: list[Any], stage: int, tile_json: dict[str,
     tile = TileSpec.from_json(tile_json)
     app, keys = _app(self), JobKeys(job)
     with reported(app, keys, f"histogram of {tile.label}"):
+        piece = _windowed(self, app, keys, tile) if tile.window else None
         app.store.started(keys, f"stats{stage}-{tile.index}", str(self.request.hostname))
         pipeline = Pipeline.from_json(ops)
         step = pipeline.global_steps[stage]
         known = _histograms(app, keys, pipeline, tile.frame, stage)
-        out, _ = pipeline.run_tile(_piece(app, keys, tile), tile.cut, tile.box, tile.size, known, step)
+        piece = _piece(app, keys, tile) if piece is None else piece
+        out, _ = pipeline.run_tile(piece, tile.cut, tile.box, tile.size, known, step)
         histogram = pipeline.steps[step].measure(out)
         app.store.put(keys, keys.partial(stage, tile.index), json.dumps(histogram).encode())
     return {"tile": tile.index, "stage": stage, "pixels": sum(histogram)}
@@ -121,7 +124,7 @@ def edit(self: Task, job: str, ops: list[Any], tile_json: dict[str, Any]) -> dic
         core = encode_core(out) if tile.stream else pack_raw(out, {"box": list(dest)})
         app.store.put(keys, keys.edited(tile.index), core)
         app.store.tile_done(keys, tile.index)
-        if not (tile.window or tile.region or tile.decode):  # its input, stored by the split:
+        if tile.window or not (tile.region or tile.decode):  # its input, stored under its key:
             app.store.drop(keys, keys.tile(tile.index))  # no later task reads it (a re-run finds it gone)
     return {"tile": tile.index, "box": list(dest)}
 
@@ -210,9 +213,8 @@ def _cut(
             app.store.put(keys, keys.plan, json.dumps(in_place.to_json()).encode())
             return in_place
         if tiles_in_all > 1 and info.frames == 1:  # a PNG: cut as it decodes, holding no image
-            plan = Plan((info.size,), **_output(spec, pipeline, info.mode))
-            if cut_by_strips(app, keys, source, job_tiles(spec, plan, pipeline.halo)):
-                app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+            plan = Plan((info.size,), fed=True, **_output(spec, pipeline, info.mode))
+            if _feed(app, keys, spec, plan, source):
                 return plan
     frames, timing = decode_frames(source, max_pixels, spec.frames)
     extra = _output(spec, pipeline, frames[0].mode)
@@ -223,6 +225,31 @@ def _cut(
         app.store.put(keys, keys.tile(tile.index), pack_raw(frames[tile.frame].crop(tile.cut)))
     app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return plan
+
+
+def _feed(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan, source: Data) -> bool:
+    """Send a PNG job's chord, then store each tile as the PNG is decoded from the top.
+
+    So the edits start while the split still decodes (they wait for their tiles: see
+    :mod:`tilechord.worker.window`), and the split holds two rows of tiles, never the
+    image.  The plan is stored after the chord is sent: a split run again (its worker
+    lost) that finds it does not send the chord twice, and stores only the tiles not
+    edited yet.  ``False`` (nothing sent) for a PNG that does not decode strip by strip.
+    """
+    layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
+    cut = strip_tiles(source, layout, app.tilechord_settings.max_pixels)
+    if cut is None:
+        return False
+    app.store.beat(keys, FEEDER_TTL)  # before any edit can look for its tile
+    if app.store.missing(keys, [keys.plan]):
+        next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)
+        app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+    finished = app.store.finished_tiles(keys)
+    for tile, piece in cut:
+        app.store.beat(keys, FEEDER_TTL)
+        if tile.index not in finished:
+            app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
+    return True
 
 
 def _output(spec: JobSpec, pipeline: Pipeline, mode: str) -> dict[str, Any]:
