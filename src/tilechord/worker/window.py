@@ -24,6 +24,10 @@ file of its own) and deletes its piece.  So Redis holds at most ``window`` piece
 few edited tiles of a job at once, whatever the image's size, and edits start as soon as
 their piece is in, before the rest is read.  The client side is :mod:`tilechord.client.window`.
 
+The waiting half serves a PNG without a window too (a *fed* plan): its split sends the
+chord first, then stores each tile as it decodes the PNG, and beats the same mark; its
+edits wait for their tiles as a window's do, and each deletes its input once done.
+
 An edit whose piece is not there yet waits a moment, then hands its message back (a retry
 with a countdown) rather than hold a pool process the window needs: a tile lost with its
 worker is sent again behind the later ones, and those must not wait for it forever.  The
@@ -73,8 +77,10 @@ _HEAD = struct.Struct("<4sQI")  # magic, the file's length, how many ranges
 _RANGE = struct.Struct("<QQ")  # offset, length
 #: Seconds an edit waits for its piece before it hands its message back (see the module's docstring).
 PIECE_WAIT = 1.0
-#: Seconds the client's mark that it is still sending lasts unrenewed (it renews it every second):
-#: once it lapses, an edit still waiting for its piece drops the job, whose client is gone.
+#: Seconds the mark that a job's tiles are still being sent (by its client, or by a PNG's
+#: split) lasts unrenewed; it is renewed every second or tile.  Once it lapses, an edit still
+#: waiting for its piece drops the job: its sender is gone (a split lost with its worker is
+#: run again, and renews it, well within this).
 FEEDER_TTL = 30.0
 _LOOK_EVERY = 0.02
 
@@ -196,7 +202,7 @@ def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.
     """A windowed tile's input, once its piece is in; ``None`` if the tile is finished already.
 
     A TIFF's tile decodes its region from the skeleton and its piece; a PNG's piece is the
-    tile's pixels, decoded by the client as it read the PNG from the top.
+    tile's pixels, decoded from the top by the client (a window) or by the split (a fed plan).
 
     Raises :class:`Waiting` after :data:`PIECE_WAIT` seconds without the piece, and
     :class:`~tilechord.errors.JobGone` once the job is gone.
@@ -209,9 +215,9 @@ def read_windowed(app: TilechordCelery, keys: JobKeys, tile: TileSpec) -> Image.
             return None
         if state == "there":
             break
-        if state == "orphaned":  # nobody will send the rest, nor wait for the result: end the job
+        if state == "orphaned":  # nobody will send the rest (nor, for a client, wait): end the job
             store.cleanup(keys)
-            raise JobGone(f"job {keys.job_id}: its client stopped sending its source; the job is dropped")
+            raise JobGone(f"job {keys.job_id}: whatever sent its tiles stopped; the job is dropped")
         if time.monotonic() >= give_up:
             raise Waiting(f"{tile.label}: its source is not sent yet")
         time.sleep(_LOOK_EVERY)
