@@ -43,37 +43,50 @@ WINDOW = 2
 Cluster = tuple[EmbeddedRedis, list[WorkerPool], Client]
 
 
-class PieceCounter:
-    """The most ``:tile:`` keys (pieces) Redis held at once, from its keyspace notifications."""
+class KeyEvents:
+    """The order of Redis's keyspace events on ``tilechord:*`` keys: (key, event)."""
 
     def __init__(self, url: str) -> None:
         self.redis = redis.Redis.from_url(url)
-        self.most = 0
-        self.seen: set[bytes] = set()
-        self._present: set[bytes] = set()
+        self.events: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._saved = str(self.redis.config_get("notify-keyspace-events")["notify-keyspace-events"])
-        self.redis.config_set("notify-keyspace-events", "K$g")
+        self.redis.config_set("notify-keyspace-events", "K$lg")
         self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
-        self._pubsub.psubscribe("__keyspace@*__:tilechord:*:tile:*")
-        self._thread = threading.Thread(target=self._count, daemon=True)
+        self._pubsub.psubscribe("__keyspace@*__:tilechord:*")
+        self._thread = threading.Thread(target=self._listen, daemon=True)
         self._thread.start()
 
-    def _count(self) -> None:
+    def _listen(self) -> None:
         while not self._stop.is_set():
             message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if message is None:
-                continue
-            key = message["channel"].split(b":", 1)[1]
-            if message["data"] == b"set":
-                self._present.add(key)
-                self.seen.add(key)
-            elif message["data"] in (b"del", b"expired"):
-                self._present.discard(key)
-            self.most = max(self.most, len(self._present))
+            if message is not None:
+                key = message["channel"].decode().split(":", 1)[1]  # tilechord:<job>:<kind>[:...]
+                self.events.append((key, message["data"].decode()))
+
+    def of(self, kind: str, event: str) -> list[tuple[int, str]]:
+        """(position, key) of each *event* on a key of *kind* (``tile``, ``runs`` ...), chunks aside."""
+        return [
+            (n, key)
+            for n, (key, seen) in enumerate(self.events)
+            if seen == event and key.split(":")[2:3] == [kind] and ":chunk:" not in key
+        ]
+
+    def most_present(self, kind: str) -> int:
+        """The most keys of *kind* that existed at once, from their sets and deletions."""
+        present: set[str] = set()
+        most = 0
+        for key, event in self.events:
+            if key.split(":")[2:3] == [kind] and ":chunk:" not in key:
+                if event == "set":
+                    present.add(key)
+                elif event in ("del", "expired"):
+                    present.discard(key)
+                most = max(most, len(present))
+        return most
 
     def close(self) -> None:
-        time.sleep(0.3)  # the last deletions' notices
+        time.sleep(0.3)  # the last events' notices
         self._stop.set()
         self._thread.join(5)
         self._pubsub.close()
@@ -139,14 +152,15 @@ def test_redis_holds_at_most_the_window_of_pieces_and_the_result_equals_pillow(
 ) -> None:
     server, _, client = cluster
     big_tiff = request.getfixturevalue("big_tiff" if kind == "tiled TIFF" else "big_png")
-    counter = PieceCounter(server.url)
+    events = KeyEvents(server.url)
     try:
         tiles, out_at_once = run(client, big_tiff[0], tmp_path / "out.tif")
     finally:
-        counter.close()
+        events.close()
     assert tiles == 9
-    assert len(counter.seen) == tiles, "every tile had a piece of its own"
-    assert 1 <= counter.most <= WINDOW, f"{counter.most} pieces in Redis at once, window {WINDOW}"
+    assert len({key for _, key in events.of("tile", "set")}) == tiles, "every tile had a piece of its own"
+    most = events.most_present("tile")
+    assert 1 <= most <= WINDOW, f"{most} pieces in Redis at once, window {WINDOW}"
     assert out_at_once <= WINDOW
     assert_equals(tmp_path / "out.tif", big_tiff[1])
     with redis.Redis.from_url(server.url) as r:
@@ -251,44 +265,6 @@ def test_a_source_deleted_once_submitted_still_gives_the_result_and_one_changed_
             assert wait_for(lambda: not tilechord_keys(r), 10), tilechord_keys(r)
     finally:
         one.close()
-
-
-class KeyEvents:
-    """The order of Redis's keyspace events on ``tilechord:*`` keys: (key, event)."""
-
-    def __init__(self, url: str) -> None:
-        self.redis = redis.Redis.from_url(url)
-        self.events: list[tuple[str, str]] = []
-        self._stop = threading.Event()
-        self._saved = str(self.redis.config_get("notify-keyspace-events")["notify-keyspace-events"])
-        self.redis.config_set("notify-keyspace-events", "K$lg")
-        self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
-        self._pubsub.psubscribe("__keyspace@*__:tilechord:*")
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-            if message is not None:
-                key = message["channel"].decode().split(":", 1)[1]  # tilechord:<job>:<kind>[:...]
-                self.events.append((key, message["data"].decode()))
-
-    def of(self, kind: str, event: str) -> list[tuple[int, str]]:
-        """(position, key) of each *event* on a key of *kind* (``tile``, ``runs`` ...), chunks aside."""
-        return [
-            (n, key)
-            for n, (key, seen) in enumerate(self.events)
-            if seen == event and key.split(":")[2:3] == [kind] and ":chunk:" not in key
-        ]
-
-    def close(self) -> None:
-        time.sleep(0.3)
-        self._stop.set()
-        self._thread.join(5)
-        self._pubsub.close()
-        self.redis.config_set("notify-keyspace-events", self._saved)
-        self.redis.close()
 
 
 @pytest.mark.timeout(300)
