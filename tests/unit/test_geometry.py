@@ -77,3 +77,12 @@ def test_auto_grid_gives_one_full_width_strip_per_worker_on_big_images_and_one_t
     assert auto_grid(6000, 4000, 4) == Grid(1, 4)
     assert auto_grid(300, 200, 8) == Grid(1, 1)
     assert auto_grid(600_000, 3, 8) == Grid(1, 3)  # never thinner than a row
+
+
+def test_auto_grid_cuts_a_big_image_into_strips_of_at_most_the_tile_size_up_to_the_tile_limit() -> None:
+    most = 12 * 2**20
+    assert auto_grid(6000, 4000, 2, max_tile_pixels=most) == Grid(1, 2)  # 24 MP: one per worker
+    grid = auto_grid(20000, 10000, 2, max_tile_pixels=most)  # 200 MP: 16 strips of 12.5 MP
+    assert grid == Grid(1, 16)
+    assert all((t.box[2] - t.box[0]) * (t.box[3] - t.box[1]) <= most for t in tiles(20000, 10000, grid))
+    assert auto_grid(100_000, 100_000, 2, max_tile_pixels=most, most=256) == Grid(1, 256)

@@ -25,7 +25,7 @@ from ..imaging.raw import pack_raw, unpack_raw
 from ..ops import OpSpec, Pipeline, parse_pipeline
 from ..worker.keys import JobKeys, new_job_id
 from ..worker.specs import JobSpec
-from ..worker.stream import region_layout, stream_grid, streams_output
+from ..worker.stream import CELL_BYTES, region_layout, stream_grid, streams_output
 from .batch import DEFAULT_BATCH, MapOptions, Mapper, MapProgressCallback, MapResult
 from .job import Job, Prepared
 from .sources import Source, big_tiff, read_source, too_large
@@ -239,7 +239,10 @@ class Client:
         """The grid used: clipped to the image; for a streamed output, aligned and bounded tiles."""
         settings = self.configured
         if _is_auto(grid):
-            chosen = auto_grid(info.size[0], info.size[1], max(1, settings.workers))
+            chosen = auto_grid(
+                info.size[0], info.size[1], max(1, settings.workers),
+                max_tile_pixels=CELL_BYTES // 4, most=settings.max_tiles,
+            )  # fmt: skip
         else:
             chosen = parse_grid(grid, max_side=settings.max_side)
         used = stream_grid(info.size, chosen, pipeline.halo) if stream else chosen.clip(*info.size)

@@ -129,13 +129,27 @@ def tiles(width: int, height: int, grid: Grid, halo: int = 0, align: int | None 
     return out
 
 
-def auto_grid(width: int, height: int, workers: int, *, min_tile_pixels: int = 512 * 512) -> Grid:
+def auto_grid(
+    width: int,
+    height: int,
+    workers: int,
+    *,
+    min_tile_pixels: int = 512 * 512,
+    max_tile_pixels: int | None = None,
+    most: int | None = None,
+) -> Grid:
     """A grid for ``grid="auto"``: about one tile per worker, none smaller than is worth moving.
 
     The tiles are full-width strips (1 x n): the merge joins their pixels end to end
     (rows follow rows) instead of decoding each onto a canvas, which saves more than a
-    squarer grid's shorter cuts (its halos) would.
+    squarer grid's shorter cuts (its halos) would.  With *max_tile_pixels*, a big image
+    gets more strips, none over that many pixels (so that a tile and its edit stay a few
+    tens of MB in any process, whatever the image's size), up to *most* of them.
     """
     pixels = width * height
     n = max(1, min(workers, pixels // max(1, min_tile_pixels)))
+    if max_tile_pixels:
+        n = max(n, -(-pixels // max_tile_pixels))
+    if most:
+        n = min(n, most)
     return Grid(1, n).clip(width, height)
