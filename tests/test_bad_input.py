@@ -6,7 +6,7 @@ byte what it was, no output or temporary file exists, no ``tilechord:*`` key is 
 and the session's workers still serve the next job.  What can be told from a file's
 header is refused before anything reaches Redis; what only a full decode reveals is
 refused by the task that decodes it, before a single tile is stored (these files are small:
-a big PNG's first tiles may be edited before damage further down is reached).
+a PNG over 12.6 MP has its first tiles edited before damage further down is reached).
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def _cut(
             app.store.put(keys, keys.plan, json.dumps(in_place.to_json()).encode())
             return in_place
         if tiles_in_all > 1 and info.frames == 1:  # a PNG: cut as it decodes, holding no image
-            plan = Plan((info.size,), fed=True, **_output(spec, pipeline, info.mode))
+            fed = info.size[0] * info.size[1] > FED_ABOVE
+            plan = Plan((info.size,), fed=fed, **_output(spec, pipeline, info.mode))
             if _feed(app, keys, spec, plan, source):
                 return plan
     frames, timing = decode_frames(source, max_pixels, spec.frames)
@@ -227,28 +228,39 @@ def _cut(
     return plan
 
 
-def _feed(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan, source: Data) -> bool:
-    """Send a PNG job's chord, then store each tile as the PNG is decoded from the top.
+#: A PNG over this many pixels has its chord sent before its tiles (a *fed* plan): its
+#: decode takes long enough (a second from about 12 MP) for the edits to gain by starting
+#: during it.  A smaller one stores every tile first, then sends the chord, so that damage
+#: found by its decode fails the job before any edit has run.
+FED_ABOVE = 12 * 2**20
 
-    So the edits start while the split still decodes (they wait for their tiles: see
-    :mod:`tilechord.worker.window`), and the split holds two rows of tiles, never the
-    image.  The plan is stored after the chord is sent: a split run again (its worker
-    lost) that finds it does not send the chord twice, and stores only the tiles not
-    edited yet.  ``False`` (nothing sent) for a PNG that does not decode strip by strip.
+
+def _feed(app: TilechordCelery, keys: JobKeys, spec: JobSpec, plan: Plan, source: Data) -> bool:
+    """Store each tile as a PNG is decoded from the top; for a fed plan, send the chord first.
+
+    The split holds two rows of tiles, never the image.  A fed plan's edits start while the
+    split still decodes (they wait for their tiles: see :mod:`tilechord.worker.window`);
+    its plan is stored after the chord is sent, so a split run again (its worker lost)
+    that finds it sends no second chord, and stores only the tiles not edited yet.
+    ``False`` (nothing stored or sent) for a PNG that does not decode strip by strip.
     """
     layout = job_tiles(spec, plan, Pipeline.from_json(spec.ops).halo)
     cut = strip_tiles(source, layout, app.tilechord_settings.max_pixels)
     if cut is None:
         return False
-    app.store.beat(keys, FEEDER_TTL)  # before any edit can look for its tile
-    if app.store.missing(keys, [keys.plan]):
-        next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)
-        app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
-    finished = app.store.finished_tiles(keys)
+    if plan.fed:
+        app.store.beat(keys, FEEDER_TTL)  # before any edit can look for its tile
+        if app.store.missing(keys, [keys.plan]):
+            next_stage(app, spec, plan, 0).apply_async(add_to_parent=False)
+            app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
+    finished = app.store.finished_tiles(keys) if plan.fed else set()
     for tile, piece in cut:
-        app.store.beat(keys, FEEDER_TTL)
+        if plan.fed:
+            app.store.beat(keys, FEEDER_TTL)
         if tile.index not in finished:
             app.store.put(keys, keys.tile(tile.index), pack_raw(piece))
+    if not plan.fed:  # the split sends the chord now that every tile is stored
+        app.store.put(keys, keys.plan, json.dumps(plan.to_json()).encode())
     return True
 
 
