@@ -227,9 +227,7 @@ class Client:
                 prepared = Prepared(b"", p.pipeline, p.grid, p.info, p.format, p.frames, p.stream, data)
                 size, most = data.stat().st_size, self.configured.max_bytes
                 if size > most and not can_window(prepared, self.configured):
-                    why = (
-                        "; a tiled or striped TIFF edited into a TIFF, with no global step, has no such limit"
-                    )
+                    why = "; a tiled TIFF into a TIFF, with no global step and a window, has none"
                     raise too_large(data, size, most, why)
                 return prepared
             data = read_source(data, self.configured.max_bytes)
