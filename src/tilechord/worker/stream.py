@@ -9,8 +9,8 @@ Paths, each taken only where it gives exactly what the whole-image path gives:
   a raw source (``process_image``) likewise, each tile reading its rows.
 * **Strip input.**  A PNG is decoded from the top, strip by strip
   (:func:`strip_tiles`), each row of tiles given out as soon as its rows are in: by the
-  split, after it has sent the chord (the edits wait for their tiles), or by the client
-  of a windowed job (:mod:`tilechord.worker.window`).
+  split (a big one after it has sent the chord, the edits waiting for their tiles), or
+  by the client of a windowed job (:mod:`tilechord.worker.window`).
 * **Streamed output.**  A TIFF output of more than :data:`STREAM_ABOVE` pixels, from a
   pipeline that keeps the image's size, is cut into job tiles aligned to the output's
   512 x 512 TIFF tiles and no larger than :data:`CELL_BYTES`.  Each ``edit`` stores its
@@ -19,8 +19,8 @@ Paths, each taken only where it gives exactly what the whole-image path gives:
   tifffile's writer, straight into the output file: a tiled BigTIFF.  No process holds
   the image, and Redis holds the output once (as the tiles), never a second copy.
 
-A job with a TIFF in and a streamed TIFF out has no process whose memory grows with the image, so
-its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``.
+A job with a TIFF in and a streamed TIFF out has no process whose memory grows with the
+image, so its pixel limit is ``TILECHORD_MAX_STREAM_PIXELS``, not ``TILECHORD_MAX_PIXELS``.
 """
 
 from __future__ import annotations
