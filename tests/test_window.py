@@ -10,6 +10,7 @@ tile; a client that dies mid-job has its job dropped; and nothing is left in Red
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,6 +132,16 @@ def cluster() -> Iterator[Cluster]:
         server.stop()
 
 
+@contextlib.contextmanager
+def own_client(server: EmbeddedRedis, **settings: Any) -> Iterator[Client]:
+    """A client of the test's cluster with settings of its own (a window, a byte limit)."""
+    client = Client(Settings(redis_url=server.url, job_timeout=180, **settings))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def run(client: Client, source: Path, out: Path) -> tuple[int, int]:
     """The job through ``Job.save`` into *out*: (tiles, the most tiles the client had out at once)."""
     job = client.submit(source, OPS, format="TIFF")
@@ -227,8 +239,7 @@ def test_a_file_over_the_byte_limit_goes_through_a_window_but_is_refused_where_i
 ) -> None:
     server, _, _ = cluster
     size = big_tiff[0].stat().st_size
-    small = Client(Settings(redis_url=server.url, job_timeout=180, window=WINDOW, max_bytes=size // 4))
-    try:
+    with own_client(server, window=WINDOW, max_bytes=size // 4) as small:
         run(small, big_tiff[0], tmp_path / "out.tif")  # never whole in Redis: the limit is not for it
         assert_equals(tmp_path / "out.tif", big_tiff[1])
         with redis.Redis.from_url(server.url) as r:
@@ -236,8 +247,6 @@ def test_a_file_over_the_byte_limit_goes_through_a_window_but_is_refused_where_i
                 with pytest.raises(ImageTooLarge, match="TILECHORD_MAX_BYTES"):
                     small.submit(big_tiff[0], options.get("ops", OPS), format=options.get("format"))
                 assert not tilechord_keys(r), "refused before anything was stored"
-    finally:
-        small.close()
 
 
 @pytest.mark.timeout(300)
@@ -245,8 +254,7 @@ def test_a_source_deleted_once_submitted_still_gives_the_result_and_one_changed_
     cluster: Cluster, big_tiff: tuple[Path, Image.Image], tmp_path: Path
 ) -> None:
     server, _, _ = cluster
-    one = Client(Settings(redis_url=server.url, job_timeout=180, window=1))
-    try:
+    with own_client(server, window=1) as one:
         copy = tmp_path / "copy.tif"
         shutil.copyfile(big_tiff[0], copy)
         job = one.submit(copy, OPS)
@@ -263,8 +271,6 @@ def test_a_source_deleted_once_submitted_still_gives_the_result_and_one_changed_
             job.save(io.BytesIO())
         with redis.Redis.from_url(server.url) as r:
             assert wait_for(lambda: not tilechord_keys(r), 10), tilechord_keys(r)
-    finally:
-        one.close()
 
 
 @pytest.mark.timeout(300)
