@@ -124,7 +124,12 @@ def raw_layout(head: Data) -> RawLayout:
     """The layout of a raw blob from its first bytes (:data:`RAW_HEAD` of them hold any header)."""
     header, start = _raw_header(head)
     width = int(header["size"][0])
-    return RawLayout(header, start, len(Image.new(header["mode"], (width, 1)).tobytes()))
+    return RawLayout(header, start, _row_bytes(header["mode"], width))
+
+
+def _row_bytes(mode: str, width: int) -> int:
+    """Bytes of one row of Pillow's raw pixels in *mode* (a 1-bit row ends on a byte)."""
+    return len(Image.new(mode, (width, 1)).tobytes())
 
 
 #: Bytes from a raw blob's start that hold its header (a palette is the longest part: 1 KB).
@@ -163,7 +168,7 @@ class StripJoiner:
         width, height = header["size"]
         if self._first is None:
             self._first = meta
-            self._stride = len(Image.new(meta["mode"], (self.size[0], 1)).tobytes())
+            self._stride = _row_bytes(meta["mode"], self.size[0])
             self._pixels = bytearray(self._stride * self.size[1])
         pixels = memoryview(blob)[start:]
         if (x0, y0, width) != (0, self._y, self.size[0]) or meta != self._first:
