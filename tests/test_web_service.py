@@ -185,10 +185,11 @@ async def test_jobs_submit_poll_and_fetch(http: httpx.AsyncClient) -> None:
         seen.append((await http.get(url)).json())
         if seen[-1]["status"] in ("SUCCESS", "FAILURE"):
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # no pause: a SUCCESS told before its result is fetched is caught
     final = seen[-1]
     assert final["status"] == "SUCCESS" and final["tiles_done"] == final["tiles_total"] == 6, final
     assert all(0 <= s["tiles_done"] <= 6 for s in seen)
+    assert final["result"] == f"{url}/result", final  # SUCCESS always comes with its result
     result = await http.get(final["result"])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     assert same_image(_decoded(result.content), reference(image, ops))

@@ -220,7 +220,10 @@ class JobTable:
 def describe(entry: Entry) -> dict[str, Any]:
     job, task = entry.job, entry.task
     done, total = job.progress()
-    answer: dict[str, Any] = {"id": job.id, "status": job.status, "tiles_done": done, "tiles_total": total,
+    # The job may have ended while its result is still being fetched: it is not done for us until
+    # the task holding the result (or error) is, so SUCCESS always comes with a result URL.
+    status = job.status if job.status not in ("SUCCESS", "FAILURE") else "STARTED"
+    answer: dict[str, Any] = {"id": job.id, "status": status, "tiles_done": done, "tiles_total": total,
                               "result": None, "error": None}  # fmt: skip
     if task.done():
         cancelled = tilechord.JobCancelled(f"job {job.id} was cancelled")
