@@ -47,7 +47,7 @@ from .merge import finish, merge_frames, source_header
 from .report import logger, reported
 from .specs import BATCH, EDIT, MERGE, REDUCE, SPLIT, STATS, JobSpec, Plan, TileSpec
 from .stream import encode_core, merge_stream, read_piece, region_layout, strip_tiles
-from .window import FEEDER_TTL, Waiting, is_packed, read_windowed, source_reader
+from .window import FEEDER_TTL, RangeReader, Waiting, is_packed, read_windowed
 
 if TYPE_CHECKING:
     from .app import TilechordCelery
@@ -275,9 +275,16 @@ def _region_plan(app: TilechordCelery, keys: JobKeys, spec: JobSpec, pipeline: P
 
     ``None`` for anything else (and for a one-tile job, which runs whole in the split).
     """
-    if spec.frames != 1 or (spec.window and not is_packed(app.store.get_pixels(keys, keys.source))):
+    if spec.frames != 1:
         return None
-    read, length = source_reader(app, keys, spec.window)
+    if not spec.window:
+        read, length = app.store.reader(keys, keys.source)
+    else:  # the skeleton, read once: a TIFF's is packed ranges, a PNG's is not
+        skeleton = app.store.get_pixels(keys, keys.source)
+        if not is_packed(skeleton):
+            return None
+        reader = RangeReader(skeleton)
+        read, length = reader.read, reader.length
     head = read(0, min(RAW_HEAD, length))
     if is_raw(head):  # process_image: each tile reads its rows of the stored pixels
         raw = raw_layout(head)
