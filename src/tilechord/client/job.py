@@ -109,6 +109,7 @@ class Job:
         self.sent = time.monotonic()
         self.format = fmt
         self.timeout = timeout
+        self._deadline = self.sent + timeout  # of the caller's wait (``get(timeout=)``), once it waits
         self._result: bytes | None = None
         self._error: TilechordError | None = None
         self._alone_since: float | None = None  # when the registry was last seen empty, if it is
@@ -194,7 +195,9 @@ class Job:
         """Where a streamed job's edited tiles are read from: Redis, or a windowed job's spool."""
         if self._window is None:
             return stored_tiles(self._app.store, self.keys)
-        self._window.finish(max(5.0, self.timeout - (time.monotonic() - self.sent)))
+        # The end message has come: the drain has at most a few tiles to go, within the
+        # caller's own deadline (a few seconds' grace if that has all but passed).
+        self._window.finish(max(5.0, self._deadline - time.monotonic()))
         return self._window.reader
 
     def save(
@@ -229,7 +232,7 @@ class Job:
     def _wait(self, timeout: float | None, on_progress: ProgressCallback | None) -> dict[str, Any]:
         """Block until the job's end message (or raise its timeout, abandoning the job)."""
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        deadline = self._deadline = time.monotonic() + limit
         store = self._app.store
         seen = -1
         try:
