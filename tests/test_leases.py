@@ -20,9 +20,9 @@ import redis
 from images import encoded
 from PIL import Image
 from procs import wait_for
-from workers import PLUGINS, tilechord_keys, worker_env
+from workers import own_cluster, tilechord_keys
 
-from tilechord import Client, Settings
+from tilechord import Client
 from tilechord.local import EmbeddedRedis, WorkerPool
 
 pytestmark = [pytest.mark.slow]
@@ -31,23 +31,8 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture
 def three_workers() -> Iterator[tuple[EmbeddedRedis, list[WorkerPool], Client]]:
     """A Redis and three one-process workers of this test's own: freezing them harms no other test."""
-    server = EmbeddedRedis()
-    server.start()
-    pools = [
-        WorkerPool(server.url, concurrency=1, env=worker_env(server.url), loglevel="INFO") for _ in range(3)
-    ]
-    own = Client(Settings(redis_url=server.url, job_timeout=120, plugins=PLUGINS))
-    try:
-        for pool in pools:
-            pool.start()
-        yield server, pools, own
-    finally:
-        own.close()
-        for pool in pools:
-            if pool.pid is not None:
-                with_signal(pool, signal.SIGCONT)
-            pool.stop(graceful=False)
-        server.stop()
+    with own_cluster(3, loglevel="INFO", job_timeout=120) as cluster:
+        yield cluster
 
 
 def with_signal(pool: WorkerPool, sig: signal.Signals) -> None:

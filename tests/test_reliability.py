@@ -22,7 +22,7 @@ from images import encoded, photo
 from PIL import Image
 from procs import wait_for
 from reference import pillow
-from workers import PLUGINS, tilechord_keys, worker_env
+from workers import own_cluster, tilechord_keys
 
 import tilechord
 from tilechord import Client, Settings
@@ -106,17 +106,9 @@ def test_a_job_with_no_worker_times_out_cleanly(
 @pytest.fixture
 def private_cluster() -> Iterator[tuple[EmbeddedRedis, WorkerPool, Client]]:
     """A Redis, two worker processes and a client of this test's own: restarting them harms no other."""
-    server = EmbeddedRedis()
-    server.start()
-    pool = WorkerPool(server.url, concurrency=2, env=worker_env(server.url), loglevel="INFO")
-    own = Client(Settings(redis_url=server.url, key_ttl=900, job_timeout=60, workers=2, plugins=PLUGINS))
-    try:
-        pool.start()
-        yield server, pool, own
-    finally:
-        own.close()
-        pool.stop()
-        server.stop()
+    with own_cluster(1, concurrency=2, loglevel="INFO", key_ttl=900, job_timeout=60, workers=2) as parts:
+        server, pools, own = parts
+        yield server, pools[0], own
 
 
 @pytest.mark.slow

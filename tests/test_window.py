@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from bigimages import write_png, write_tiled_tiff
 from PIL import Image
 from procs import wait_for
 from reference import reference
-from workers import PLUGINS, tilechord_keys, worker_env
+from workers import own_cluster, tilechord_keys
 
 from tilechord import Client, ImageTooLarge, InvalidImage, Settings
 from tilechord.local import EmbeddedRedis, WorkerPool
@@ -96,40 +96,33 @@ class KeyEvents:
         self.redis.close()
 
 
+def _seeded(
+    factory: pytest.TempPathFactory, name: str, write: Callable[..., None], seed: int
+) -> tuple[Path, Image.Image]:
+    """A seeded image file written by *write*, and Pillow's result on the whole of it."""
+    path = factory.mktemp("window") / name
+    write(path, *SIZE, seed=seed)
+    with Image.open(path) as source:
+        return path, reference(source, OPS)
+
+
 @pytest.fixture(scope="module")
 def big_tiff(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image.Image]:
     """The seeded tiled BigTIFF, and Pillow's result on the whole of it."""
-    path = tmp_path_factory.mktemp("window") / "in.tif"
-    write_tiled_tiff(path, *SIZE, seed=5)
-    with Image.open(path) as source:
-        return path, reference(source, OPS)
+    return _seeded(tmp_path_factory, "in.tif", write_tiled_tiff, seed=5)
 
 
 @pytest.fixture(scope="module")
 def big_png(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Image.Image]:
     """The seeded PNG, and Pillow's result on the whole of it."""
-    path = tmp_path_factory.mktemp("window") / "in.png"
-    write_png(path, *SIZE, seed=6)
-    with Image.open(path) as source:
-        return path, reference(source, OPS)
+    return _seeded(tmp_path_factory, "in.png", write_png, seed=6)
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     """A Redis and two one-process workers of this test's own, and a client with a window of 2."""
-    server = EmbeddedRedis()
-    server.start()
-    pools = [WorkerPool(server.url, concurrency=1, env=worker_env(server.url)) for _ in range(2)]
-    own = Client(Settings(redis_url=server.url, job_timeout=180, plugins=PLUGINS, window=WINDOW))
-    try:
-        for pool in pools:
-            pool.start()
-        yield server, pools, own
-    finally:
-        own.close()
-        for pool in pools:
-            pool.stop(graceful=False)
-        server.stop()
+    with own_cluster(2, job_timeout=180, window=WINDOW) as parts:
+        yield parts
 
 
 @contextlib.contextmanager
