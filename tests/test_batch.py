@@ -382,8 +382,9 @@ def test_a_worker_killed_mid_batch_still_gives_every_image_once_and_right(
 
     killer = threading.Thread(target=kill_the_batch_mid_way)
     killer.start()
-    # One task of six images (fewer than a worker's first batch), 0.4 s each.
-    results = list(client.map(sources, ["test_slow:seconds=0.4", "invert"], grid="auto", timeout=120))
+    # One task of six images, 0.4 s each: of a count not known ahead (an iterator), a worker's
+    # first task takes up to BATCH_RAMP (8); six known ones would go as three tasks of two.
+    results = list(client.map(iter(sources), ["test_slow:seconds=0.4", "invert"], grid="auto", timeout=120))
     killer.join()
     assert killed, "the test did not kill the worker"
     assert sorted(r.index for r in results) == list(range(6))  # each image exactly once
@@ -399,14 +400,18 @@ def test_a_batch_past_its_timeout_fails_each_image_alone_and_leaves_nothing(
 ) -> None:
     sources = [encoded(photo(30, 20, seed=i), "PNG") for i in range(3)]
     started = time.monotonic()
-    results = list(client.map(sources, ["test_slow:seconds=1.5"], grid="auto", timeout=0.5))
-    assert time.monotonic() - started < 1.5 + 1.0  # the client gave up, it did not wait the batch out
+    results = list(client.map(sources, ["test_slow:seconds=30"], grid="auto", timeout=0.5))
+    assert time.monotonic() - started < 30  # the client gave up, it did not wait the batch out
     assert sorted(r.index for r in results) == [0, 1, 2]
     for result in results:
         assert isinstance(result.error, tilechord.JobTimeout), result
         assert "did not finish within 0.5 s" in str(result.error)
-    # the worker is still on the batch; when it reports, it finds the batch gone and takes back its write
     assert wait_for(lambda: not tilechord_keys(redis_client), timeout=30), tilechord_keys(redis_client)
+    # the batches were stopped, not left to sleep 30 s on both workers: the next job is served
+    image = photo(32, 24)
+    assert same_pixels(
+        client.process_image(image, ["invert"], grid=(1, 1), timeout=15), pillow(image, "invert")
+    )
 
 
 def test_a_batch_report_after_the_client_left_is_taken_back(

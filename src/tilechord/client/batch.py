@@ -183,6 +183,7 @@ class _Batch:
         """End messages for images whose batch can no longer report them."""
         reason: TilechordError | None = None
         if now - self.started > self.timeout:
+            self._stop()  # its task would run on, holding a worker, for nobody (as a timed-out job's)
             reason = JobTimeout(f"batch {self.keys.job_id} did not finish within {self.timeout:g} s")
         elif idle:  # Celery's record costs a round trip: only when nothing else is coming
             task = AsyncResult(self.keys.job_id, app=self.app)
@@ -213,9 +214,13 @@ class _Batch:
 
     def cancel(self) -> None:
         """Stop the batch's task, running or not, and delete its data (as :meth:`Job.cancel`)."""
+        self._stop()
+        self.app.store.cleanup(self.keys)
+
+    def _stop(self) -> None:
+        """Revoke the batch's task: skipped if not started, killed if running."""
         with contextlib.suppress(Exception):
             self.app.control.revoke(self.keys.job_id, terminate=True, signal="SIGKILL")
-        self.app.store.cleanup(self.keys)
 
 
 @dataclass(frozen=True)
